@@ -1,0 +1,91 @@
+"""Typed, validated configuration.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a misspelled key fails when the
+job starts instead of silently falling back to a default half-way through a cluster run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every configuration section: immutable, and strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SparkSettings(Section):
+    master: str = "local[*]"
+    shuffle_partitions: int = Field(8, ge=1)
+    ui: bool = False
+    log_level: str = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakehouseSettings(Section):
+    root: str = "./lakehouse"
+
+    def table(self, name: str) -> str:
+        """The location of a table: tables are addressed by path, so no metastore is needed."""
+        return f"{self.root.rstrip('/')}/{name}"
+
+
+class MlflowSettings(Section):
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment: str = "oncolake"
+
+
+class PrivacySettings(Section):
+    secret_env: str = "ONCOLAKE_PSEUDONYM_SECRET"
+    allow_demo_secret: bool = True
+    hash_source_paths: bool = False
+
+
+class SourcesSettings(Section):
+    """Where each collection's download lives; ``None`` skips that collection."""
+
+    breakhis: str | None = None
+    mias: str | None = None
+    ddsm: str | None = None
+    cbis_ddsm: str | None = None
+
+
+class SynthSettings(Section):
+    out: str = "./data/synthetic"
+    images: int = Field(400, ge=8)
+    downscale: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class Settings(Section):
+    """The whole configuration of a job."""
+
+    spark: SparkSettings = SparkSettings()
+    lakehouse: LakehouseSettings = LakehouseSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    sources: SourcesSettings = SourcesSettings()
+    synth: SynthSettings = SynthSettings()
+    # The profile the values came from, recorded with tables and runs; set by the loader.
+    profile: str = "local"
+
+    @model_validator(mode="after")
+    def _tracking_needs_a_uri_off_local_disk(self) -> Settings:
+        if self.mlflow.tracking_uri is None and "://" in self.lakehouse.root:
+            raise ValueError("mlflow.tracking_uri must be set when lakehouse.root is not a local folder")
+        return self
+
+    def tracking_uri(self) -> str:
+        """MLflow's tracking URI; by default a SQLite file inside a local lakehouse."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{Path(self.lakehouse.root).resolve()}/mlflow.db"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data, safe to record with a table or an MLflow run (no secrets in it)."""
+        return self.model_dump(mode="json")

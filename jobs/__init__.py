@@ -1,0 +1,1 @@
+"""Thin entry points: the only modules that read argv or build a SparkSession."""

@@ -1,0 +1,40 @@
+"""The ``oncolake`` command: one subcommand per job, each also runnable with spark-submit.
+
+``oncolake <job> ...`` is exactly ``spark-submit jobs/<job>.py ...`` on the embedded default: the job
+module's ``main(argv)`` receives the same arguments either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand -> job module. Modules are imported only when their command runs, so --help stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("jobs.demo", "run the end-to-end demo on a synthetic corpus"),
+    "synth": ("jobs.synth", "write a synthetic corpus in the four collections' real layouts"),
+    "doctor": ("jobs.doctor", "check the installed stack (Java, Spark, Delta, Horovod, MLflow)"),
+    "package": ("jobs.package", "build the code archive and packed environment for a cluster"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a job's ``main``; returns its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="oncolake",
+        description="Breast-cancer imaging lakehouse: ingest, train, score.",
+        epilog="Run 'oncolake <command> --help' for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        parser.parse_args(argv[:1] or ["--help"])
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The one place that builds a SparkSession: Delta configured, its jars resolved once and cached.
+
+Delta's jars come from Maven Central the first time (through Spark's own Ivy resolver, into a cache
+outside the clone); every later session, on this machine or a cluster node with the same cache, is
+given the cached jar files directly, so starting a job needs no network. Under ``spark-submit`` the
+user's ``--packages``/``--jars`` take precedence over both.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from conf import CONF_DIR, Settings
+
+SCALA_VERSION = "2.13"
+DELTA_VERSION = importlib.metadata.version("delta-spark")
+DELTA_PACKAGE = f"io.delta:delta-spark_{SCALA_VERSION}:{DELTA_VERSION}"
+
+
+# Properties a job needs whatever launched it; everything else defers to spark-submit's own settings.
+_OURS_ALWAYS = frozenset({"spark.sql.extensions", "spark.sql.catalog.spark_catalog"})
+
+
+def cache_dir() -> Path:
+    """Where downloaded artefacts (Delta jars, the Horovod wheel) are cached, outside any clone."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "oncolake"
+    return Path(os.environ.get("ONCOLAKE_CACHE", default))
+
+
+def ivy_dir() -> Path:
+    """Spark's Ivy home for the Delta jars, keyed by the Delta version."""
+    return cache_dir() / f"ivy-delta-{DELTA_VERSION}"
+
+
+def cached_delta_jars() -> list[Path]:
+    """The Delta jar files already resolved into the cache, or an empty list when they are not there yet."""
+    jars = sorted((ivy_dir() / "jars").glob("*.jar"))
+    wanted = f"io.delta_delta-spark_{SCALA_VERSION}-{DELTA_VERSION}.jar"
+    return jars if any(j.name == wanted for j in jars) else []
+
+
+def _delta_conf() -> dict[str, str]:
+    jars = cached_delta_jars()
+    if jars:
+        return {"spark.jars": ",".join(str(j) for j in jars)}
+    return {"spark.jars.packages": DELTA_PACKAGE, "spark.jars.ivy": str(ivy_dir())}
+
+
+def _local_master(master: str) -> bool:
+    return master.startswith("local")
+
+
+def spark_conf(settings: Settings, app: str) -> dict[str, str]:
+    """Every Spark property a job's session gets, in the order they are applied (later wins)."""
+    log4j = f"-Dlog4j2.configurationFile=file:{CONF_DIR / 'log4j2.properties'}"
+    conf = {
+        "spark.app.name": f"oncolake-{app}",
+        "spark.master": settings.spark.master,
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        "spark.ui.enabled": str(settings.spark.ui).lower(),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.driver.extraJavaOptions": log4j,
+        "spark.executor.extraJavaOptions": log4j,
+        **_delta_conf(),
+    }
+    conf.update(settings.spark.conf)
+    return conf
+
+
+def build_spark(settings: Settings, app: str) -> SparkSession:
+    """Start (or join) the job's SparkSession with Delta Lake enabled.
+
+    Args:
+        settings: the job's configuration (master, partitions, extra properties).
+        app: a short job name; the Spark application is called ``oncolake-<app>``.
+
+    Returns:
+        The session; tables are then addressed by path under ``settings.lakehouse.root``.
+    """
+    if _local_master(settings.spark.master):
+        # Bind to loopback: a local job has no business listening on the machine's public address.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers (also those of local-cluster's executor JVMs) must start from this environment;
+        # PySpark reads the variable, not spark.pyspark.python, when it is not launched by spark-submit.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Under spark-submit the JVM already runs with the user's --master, --jars or --packages: those win.
+    submitted = None
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        SparkContext._ensure_initialized()  # binds SparkConf to the running JVM's system properties
+        submitted = SparkConf()
+    builder = SparkSession.builder
+    for key, value in spark_conf(settings, app).items():
+        if submitted is None or not submitted.contains(key) or key in _OURS_ALWAYS:
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.spark.log_level)
+    return spark

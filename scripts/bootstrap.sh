@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Set up everything oncolake needs, once; a quick no-op when it is already there.
+#
+#   scripts/bootstrap.sh          # .venv with the pinned stack, patched Horovod, Delta jars
+#
+# - the virtual environment in .venv (Python 3.11), installed with constraints.txt;
+# - Horovod 0.28.1 built for the pinned torch (scripts/build-horovod.sh), its wheel cached in
+#   ~/.cache/oncolake so a warm machine never rebuilds it;
+# - Java 17, cmake and g++ from Debian's packages when missing and we are root;
+# - Delta's jars resolved once from Maven Central into ~/.cache/oncolake (oncolake doctor --spark).
+# A stamp in .venv records the hash of pyproject.toml + constraints.txt: when neither changed and the
+# checks pass, nothing is reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+need_debian() {  # need_debian COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing $2 (for $1)"
+    [[ -n "${_apt_updated:-}" ]] || { apt-get update -qq >&2; _apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+  else
+    say "$1 is missing: install $2"; exit 1
+  fi
+}
+
+need_debian java openjdk-17-jre-headless
+need_debian cmake cmake
+need_debian g++ g++
+
+PYTHON=${PYTHON:-$(command -v python3.11 || true)}
+[[ -n "$PYTHON" ]] || { say "Python 3.11 is required (python3.11 not found)"; exit 1; }
+
+VENV=.venv
+stamp_value=$(cat pyproject.toml constraints.txt scripts/build-horovod.sh | sha256sum | cut -d' ' -f1)
+if [[ -f $VENV/.oncolake-stamp && "$(cat $VENV/.oncolake-stamp)" == "$stamp_value" ]] \
+   && $VENV/bin/python -c 'import horovod.torch, delta, petastorm, mlflow' 2>/dev/null; then
+  exit 0
+fi
+
+[[ -x $VENV/bin/python ]] || { say "creating $VENV"; "$PYTHON" -m venv $VENV; }
+PIP=($VENV/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt)
+say "installing the pinned stack (first time: a few minutes, torch is large)"
+"${PIP[@]}" pip setuptools wheel
+# torch first: Horovod's build compiles against it.
+"${PIP[@]}" torch cloudpickle psutil pyyaml packaging cffi
+wheel=$(scripts/build-horovod.sh $VENV/bin/python)
+"${PIP[@]}" "$wheel" -e ".[dev]"
+
+# A package that silently upgrades numpy breaks pyarrow 14 and petastorm: refuse to go on.
+$VENV/bin/python - <<'PY'
+import importlib.metadata as m
+numpy, arrow = m.version("numpy"), m.version("pyarrow")
+assert numpy.startswith("1."), f"numpy {numpy} was installed: pyarrow 14 / petastorm need numpy<2"
+assert arrow == "14.0.2", f"pyarrow {arrow} was installed: petastorm 0.13.1 needs 14.0.2"
+PY
+say "checking the stack and caching Delta's jars"
+$VENV/bin/oncolake doctor --spark --config tiny >&2
+echo "$stamp_value" > $VENV/.oncolake-stamp

@@ -1,0 +1,73 @@
+"""Shared fixtures: one Delta SparkSession for the whole run, and a throw-away MLflow store.
+
+Tests that need several executor JVMs (local-cluster) or a standalone master start the job as a
+subprocess instead, so this session stays the only one in the test process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from conf import Settings, load_settings
+from jobs.session import build_spark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def lakehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lakehouse")
+
+
+@pytest.fixture(scope="session")
+def settings(lakehouse: Path) -> Settings:
+    # local[2]: Horovod tests need two task slots at once, whatever the machine's core count.
+    return load_settings("tiny", [f"lakehouse.root={lakehouse}", "spark.master=local[2]"])
+
+
+@pytest.fixture(scope="session")
+def spark(settings: Settings) -> Iterator[SparkSession]:
+    session = build_spark(settings, "tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite-backed MLflow store, made the current tracking and registry URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(previous)
+
+
+OncolakeRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def oncolake() -> OncolakeRunner:
+    """Run the ``oncolake`` command as a user would, in its own process (and its own JVMs)."""
+
+    def run(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(
+            [sys.executable, "-m", "jobs.cli", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,0 +1,78 @@
+"""The command line as users meet it: help, configuration errors, local-cluster and spark-submit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from jobs.cli import COMMANDS
+from jobs.session import cached_delta_jars
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_job(oncolake) -> None:
+    result = oncolake("--help")
+    assert result.returncode == 0
+    for name in COMMANDS:
+        assert name in result.stdout
+    assert shutil.which("oncolake", path=str(Path(sys.executable).parent)), "console script not installed"
+
+
+def test_misspelled_key_fails_at_start_naming_key_and_source(oncolake) -> None:
+    result = oncolake("doctor", "--spark", "--config", "tiny", "--set", "lakehouse.rooot=/tmp/x")
+    assert result.returncode == 2
+    assert "unknown key 'lakehouse.rooot'" in result.stderr
+    assert "--set lakehouse.rooot=/tmp/x" in result.stderr
+    assert "did you mean 'root'" in result.stderr
+    assert "Spark" not in result.stdout  # it failed before starting anything
+
+
+def test_horovod_over_two_executor_jvms_in_local_cluster(oncolake, tmp_path: Path) -> None:
+    result = oncolake(
+        "doctor",
+        "--horovod",
+        "2",
+        "--config",
+        "tiny",
+        "--set",
+        "spark.master=local-cluster[2,1,1024]",
+        "--set",
+        f"lakehouse.root={tmp_path}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "ok    horovod-spark 2 workers" in result.stdout
+    assert "master local-cluster[2,1,1024]" in result.stdout
+
+
+def test_jobs_run_under_spark_submit_with_its_master_winning(tmp_path: Path) -> None:
+    jars = ",".join(str(j) for j in cached_delta_jars())
+    assert jars, "the session fixture resolves Delta's jars into the cache before this test"
+    venv_bin = Path(sys.executable).parent
+    submit = venv_bin / "spark-submit"
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # as with an activated venv
+    result = subprocess.run(
+        [
+            str(submit),
+            "--master",
+            "local[1]",
+            "--jars",
+            jars,
+            str(REPO / "jobs" / "doctor.py"),
+            "--spark",
+            "--config",
+            "tiny",
+            "--set",
+            f"lakehouse.root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "with Delta (3 rows read back), master local[1]" in result.stdout
