@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import os
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from conf.schema import Settings
 
+# Read through importlib.resources so the packaged YAML is found inside a --py-files zip too.
+PACKAGED: Traversable = files(__name__)
 CONF_DIR = Path(__file__).resolve().parent
 CONFIG_ENV = "ONCOLAKE_CONFIG"
 DEFAULT_PROFILE = "local"
@@ -30,16 +34,17 @@ class ConfigError(ValueError):
 
 def profile_names() -> list[str]:
     """The packaged profiles a user can name with ``--config``."""
-    return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
+    names = (entry.name for entry in PACKAGED.iterdir())
+    return sorted(n.removesuffix(".yaml") for n in names if n.endswith(".yaml") and n != "base.yaml")
 
 
-def _profile_path(profile: str) -> Path:
+def _profile_path(profile: str) -> Path | Traversable:
     candidate = Path(profile)
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         if not candidate.is_file():
             raise ConfigError(f"config file {profile!r} does not exist")
         return candidate.resolve()
-    packaged = CONF_DIR / f"{profile}.yaml"
+    packaged = PACKAGED / f"{profile}.yaml"
     if not packaged.is_file() or profile == "base":
         raise ConfigError(
             f"unknown config {profile!r}: use one of {profile_names()} or a path to a YAML file"
@@ -47,7 +52,7 @@ def _profile_path(profile: str) -> Path:
     return packaged
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -80,7 +85,10 @@ def _profile_layers(profile: str, seen: tuple[str, ...] = ()) -> list[tuple[str,
     return [*layers, (_display(path), data)]
 
 
-def _display(path: Path) -> str:
+def _display(path: Path | Traversable) -> str:
+    """A short name for messages: packaged files as ``conf/<name>``, the user's relative to the cwd."""
+    if not isinstance(path, Path) or path.parent == CONF_DIR:
+        return f"conf/{path.name}"
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -165,7 +173,7 @@ def load_settings(config: str | None = None, overrides: list[str] | tuple[str, .
     profile = config or os.environ.get(CONFIG_ENV) or DEFAULT_PROFILE
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    base = CONF_DIR / "base.yaml"
+    base = PACKAGED / "base.yaml"
     _merge(merged, _read_yaml(base), _display(base), origins)
     for origin, layer in _profile_layers(profile):
         _merge(merged, layer, origin, origins)

@@ -58,7 +58,6 @@ def _local_master(master: str) -> bool:
 
 def spark_conf(settings: Settings, app: str) -> dict[str, str]:
     """Every Spark property a job's session gets, in the order they are applied (later wins)."""
-    log4j = f"-Dlog4j2.configurationFile=file:{CONF_DIR / 'log4j2.properties'}"
     conf = {
         "spark.app.name": f"oncolake-{app}",
         "spark.master": settings.spark.master,
@@ -68,10 +67,13 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         "spark.ui.enabled": str(settings.spark.ui).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.driver.extraJavaOptions": log4j,
-        "spark.executor.extraJavaOptions": log4j,
         **_delta_conf(),
     }
+    log4j = CONF_DIR / "log4j2.properties"
+    if log4j.is_file():  # not when the code runs from a --py-files zip: the cluster's logging applies
+        option = f"-Dlog4j2.configurationFile=file:{log4j}"
+        conf["spark.driver.extraJavaOptions"] = option
+        conf["spark.executor.extraJavaOptions"] = option
     conf.update(settings.spark.conf)
     return conf
 

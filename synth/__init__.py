@@ -1,0 +1,97 @@
+"""A synthetic corpus in the exact on-disk layouts of the four public breast-cancer imaging collections.
+
+No real data ships with oncolake, so :func:`generate` writes look-alikes that exercise the same readers:
+
+- ``BreaKHis_v1/`` (BreaKHis v1): 700x460 RGB PNG H&E tiles in ``<class>/SOB/<subtype>/<slide>/<mag>X/``;
+  benign tiles show few small regular nuclei around glands, malignant ones crowded pleomorphic dark nuclei
+  (:mod:`synth.breakhis`, :mod:`synth.histology`);
+- ``all-mias/`` (mini-MIAS): binary PGMs and ``Info.txt`` with bottom-left-origin circles
+  (:mod:`synth.mias`);
+- ``DDSM/``: lossless-JPEG views, ``.ics`` headers and ``.OVERLAY`` chain-code outlines
+  (:mod:`synth.ddsm`);
+- ``CBIS-DDSM/``: case-description CSVs plus the TCIA DICOM tree with full images, crops and ROI masks
+  (:mod:`synth.cbis_ddsm`).
+
+Mammograms (:mod:`synth.mammogram`) show a breast with density-dependent tissue texture, a pectoral
+muscle on MLO views, smooth round masses (benign), spiculated masses or fine clustered calcifications
+(malignant), placed where each collection's metadata says.  Real quirks are reproduced (listed in each
+module: BreaKHis slide ids shared by two subtypes, MIAS rows without coordinates and 4-digit reference
+numbers, DDSM LJPEG headers with swapped dimensions, CBIS-DDSM UID folders that differ from the CSV,
+whitespace in CSV values, MONOCHROME1 and compressed DICOMs), and a few bad inputs are planted per
+collection (:mod:`synth.quirks`).  Everything the readers should find is summarised in ``manifest.json``.
+
+Mammograms are written downscaled (``downscale``, default 16, or 8 for the full corpus) and all metadata
+(sizes, coordinates, resolution) describes the files as written.  BreaKHis keeps its real 700x460 unless a
+``downscale`` is given explicitly, in which case tiles shrink by its square root (histology has no large
+dimensions to spare).  When the corpus is large (``full`` or ``images >= 200``) one image per collection
+keeps the real full size so readers see real dimensions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synth import breakhis, cbis_ddsm, ddsm, mias
+from synth.report import Progress, split
+
+FULL_IMAGES = 12_000
+SHARES = {"breakhis": 1.0, "mias": 1.0, "ddsm": 2.0, "cbis_ddsm": 2.0}  # of the total, in sixths
+FULL_SIZE_FROM = 200
+
+
+def generate(
+    out: Path,
+    images: int = 400,
+    full: bool = False,
+    downscale: float | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the four collections under ``out`` plus ``out/manifest.json``; returns the manifest.
+
+    ``images`` good images in total (12,000 with ``full``) are split BreaKHis 1/6, MIAS 1/6, DDSM 1/3 and
+    CBIS-DDSM 1/3; planted bad inputs come on top.  The same ``seed`` gives byte-identical files.  The
+    manifest maps each collection (``breakhis``, ``mias``, ``ddsm``, ``cbis_ddsm``) to ``root``, ``images``
+    (good image files), ``labels`` (good images per label), ``patients`` (with a good image),
+    ``auxiliary`` (metadata, crops and masks on disk), ``planted`` and ``quirks`` (``path`` relative to the
+    root and ``kind``) and ``downscale``.  Refuses to write over an existing collection folder.
+    """
+    out = Path(out)
+    say = progress or (lambda _line: None)
+    total = FULL_IMAGES if full else images
+    factor = float(downscale or (8.0 if full else 16.0))
+    histology_factor = math.sqrt(downscale) if downscale and downscale > 1 else 1.0
+    histology_size = (round(breakhis.SIZE[0] / histology_factor), round(breakhis.SIZE[1] / histology_factor))
+    keep_full = 1 if full or total >= FULL_SIZE_FROM else 0
+    counts = dict(zip(SHARES, split(total, list(SHARES.values())), strict=True))
+    rngs = dict(
+        zip(SHARES, (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)), strict=True)
+    )
+    roots = {"breakhis": breakhis.ROOT, "mias": mias.ROOT, "ddsm": ddsm.ROOT, "cbis_ddsm": cbis_ddsm.ROOT}
+    existing = [name for name in roots.values() if (out / name).exists()]
+    if existing:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(existing)}; remove them or pick another folder"
+        )
+    for name in roots.values():
+        (out / name).mkdir(parents=True)
+
+    reports = {
+        "breakhis": breakhis.generate(
+            out / breakhis.ROOT, counts["breakhis"], histology_size, keep_full, rngs["breakhis"], say
+        ),
+        "mias": mias.generate(out / mias.ROOT, counts["mias"], factor, keep_full, rngs["mias"], say),
+        "ddsm": ddsm.generate(out / ddsm.ROOT, counts["ddsm"], factor, keep_full, rngs["ddsm"], say),
+        "cbis_ddsm": cbis_ddsm.generate(
+            out / cbis_ddsm.ROOT, counts["cbis_ddsm"], factor, keep_full, rngs["cbis_ddsm"], say
+        ),
+    }
+    manifest = {name: report.to_dict(out) for name, report in reports.items()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    say(f"manifest: {sum(entry['images'] for entry in manifest.values())} images in {out}")
+    return manifest
