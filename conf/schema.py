@@ -62,6 +62,42 @@ class SynthSettings(Section):
     seed: int = 0
 
 
+class NormaliseSettings(Section):
+    """Normalised image sizes: rows after cropping to the breast (mammography) or as is (histology)."""
+
+    mammography_height: int = Field(672, ge=64)
+    histology_height: int = Field(448, ge=64)
+
+
+class TileSettings(Section):
+    size: int = Field(224, ge=16)
+    stride: int = Field(224, ge=8)
+    # Tiles with less tissue than this fraction are background and are dropped.
+    min_tissue: float = Field(0.3, ge=0, le=1)
+    # A tile takes a finding's label when the overlap reaches this (|tile ∩ finding| / min of the areas).
+    overlap_threshold: float = Field(0.5, gt=0, le=1)
+
+
+class SplitSettings(Section):
+    """Patient-level split fractions; assigned once and stored, never recomputed."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, ge=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    # Images whose perceptual hashes differ in at most this many of 64 bits are the same picture.
+    link_max_hamming: int = Field(6, ge=0, le=32)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSettings:
+        if abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1 (got {self.train + self.val + self.test:g})")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
 class Settings(Section):
     """The whole configuration of a job."""
 
@@ -71,6 +107,9 @@ class Settings(Section):
     privacy: PrivacySettings = PrivacySettings()
     sources: SourcesSettings = SourcesSettings()
     synth: SynthSettings = SynthSettings()
+    normalise: NormaliseSettings = NormaliseSettings()
+    tiles: TileSettings = TileSettings()
+    split: SplitSettings = SplitSettings()
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str = "local"
 

@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("jobs.demo", "run the end-to-end demo on a synthetic corpus"),
     "synth": ("jobs.synth", "write a synthetic corpus in the four collections' real layouts"),
+    "ingest": ("jobs.ingest", "read the collections into the images, annotations and quarantine tables"),
+    "tile": ("jobs.tile", "cut normalised images into labelled training tiles"),
     "doctor": ("jobs.doctor", "check the installed stack (Java, Spark, Delta, Horovod, MLflow)"),
     "package": ("jobs.package", "build the code archive and packed environment for a cluster"),
 }

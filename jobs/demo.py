@@ -2,39 +2,52 @@
 
     oncolake demo [--full] [--config NAME|FILE] [--set key=value ...]
 
-Runs every stage that exists, in order, each as its own job would run it (same options, same session):
-synth -> ingest -> tile -> train -> evaluate -> score. The default size finishes in about 15 minutes on
-two cores; ``--full`` uses the 12,000-image corpus. Re-running skips work that is already done.
+Runs every stage, in order, each as its own job would run it (same options, same Spark session):
+synth -> ingest -> tile (train, evaluate and score join as they are built). The default size finishes
+in about 15 minutes on two cores; ``--full`` uses the 12,000-image corpus. Re-running skips work that
+is already done.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import json
 import time
+from pathlib import Path
 
+from conf import Settings
 from jobs.options import job_parser, settings_from
 
 # (job module, arguments beyond the shared --config/--set). Later stages join as they are built.
-STAGES: list[tuple[str, list[str]]] = [
-    ("jobs.synth", []),
-]
+STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile"]
+
+
+def _stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
+    """Arguments a stage gets beyond the shared ones: the corpus to ingest, where summaries go."""
+    summaries = f"{settings.lakehouse.root}/_summaries"
+    if stage == "jobs.synth":
+        return ["--full"] if full else []
+    if stage == "jobs.ingest":
+        out = Path(settings.synth.out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        sources = [
+            f"--source={name}={out / entry['root']}" for name, entry in manifest.items() if "root" in entry
+        ]
+        return [*sources, "--summary-json", f"{summaries}/ingest.json"]
+    return ["--summary-json", f"{summaries}/{stage.removeprefix('jobs.')}.json"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("oncolake demo", __doc__)
     parser.add_argument("--full", action="store_true", help="use the full 12,000-image synthetic corpus")
     args = parser.parse_args(argv)
-    settings_from(args)  # fail on a bad configuration before the first stage starts
-    shared = [*(["--config", args.config] if args.config else []), *[f"--set={o}" for o in args.overrides]]
-    if args.full:
-        shared.append("--set=synth.out=./data/synthetic-full")
+    overrides = [*args.overrides, *(["synth.out=./data/synthetic-full"] if args.full else [])]
+    settings = settings_from(args, overrides[len(args.overrides) :])  # fails early on a bad configuration
+    shared = [*(["--config", args.config] if args.config else []), *[f"--set={o}" for o in overrides]]
     started = time.monotonic()
-    for module_name, extra in STAGES:
-        if importlib.util.find_spec(module_name) is None:
-            continue
+    for module_name in STAGES:
         module = importlib.import_module(module_name)
-        stage_args = [*shared, *extra, *(["--full"] if args.full and module_name == "jobs.synth" else [])]
+        stage_args = [*shared, *_stage_args(module_name, settings, args.full)]
         print(f"demo: == {module_name.removeprefix('jobs.')} ==", flush=True)
         status = module.main(stage_args)
         if status:

@@ -45,7 +45,7 @@ PIP=($VENV/bin/python -m pip install --quiet --disable-pip-version-check -c cons
 say "installing the pinned stack (first time: a few minutes, torch is large)"
 "${PIP[@]}" pip setuptools wheel
 # torch first: Horovod's build compiles against it.
-"${PIP[@]}" torch cloudpickle psutil pyyaml packaging cffi
+"${PIP[@]}" torch numpy cloudpickle psutil pyyaml packaging cffi
 wheel=$(scripts/build-horovod.sh $VENV/bin/python)
 "${PIP[@]}" "$wheel" -e ".[dev]"
 

@@ -20,8 +20,9 @@ it with a keyed pseudonym before anything is written, and it never leaves the dr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,6 +45,11 @@ class Geometry:
     radius: float | None = None
     points: tuple[tuple[float, float], ...] = ()
     mask_path: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Geometry:
+        """The inverse of ``dataclasses.asdict``, as geometries are stored as JSON in the tables."""
+        return cls(**{**data, "points": tuple(tuple(p) for p in data.get("points") or ())})
 
 
 @dataclass(frozen=True)

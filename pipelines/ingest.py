@@ -1,0 +1,379 @@
+"""Ingest: scanned records in, decoded and normalised image rows out (plus findings and quarantine rows).
+
+The driver only scans metadata (see :mod:`pipelines.sources`) and pseudonymises patients; pixels are
+read, hashed, decoded and normalised in the executors by :func:`decode_images`, one pandas batch at a
+time, so no image ever travels to the driver. A file that cannot be decoded becomes a row with
+``status = 'quarantined'`` and its reason instead of an exception: the job always finishes and every
+file is accounted for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines.pseudonym import path_key, pseudonymise
+from pipelines.sources import SOURCES
+from pipelines.sources.base import ImageRecord, Rejection, Scan
+
+RECORD_SCHEMA = T.StructType(
+    [
+        T.StructField("source_key", T.StringType(), False),
+        T.StructField("collection", T.StringType(), False),
+        T.StructField("modality", T.StringType(), False),
+        T.StructField("source_path", T.StringType(), True),
+        T.StructField("patient_key", T.StringType(), False),
+        T.StructField("record", T.BinaryType(), False),
+    ]
+)
+
+TRANSFORM_TYPE = T.StructType(
+    [
+        T.StructField("flipped", T.BooleanType()),
+        T.StructField("top", T.IntegerType()),
+        T.StructField("left", T.IntegerType()),
+        T.StructField("bottom", T.IntegerType()),
+        T.StructField("right", T.IntegerType()),
+        T.StructField("scale", T.DoubleType()),
+        T.StructField("height", T.IntegerType()),
+        T.StructField("width", T.IntegerType()),
+    ]
+)
+
+FINDING_TYPE = T.StructType(
+    [
+        T.StructField("index", T.IntegerType()),
+        T.StructField("label", T.StringType()),
+        T.StructField("subtype", T.StringType()),
+        T.StructField("descriptors", T.MapType(T.StringType(), T.StringType())),
+        T.StructField("geometry_kind", T.StringType()),
+        T.StructField("geometry", T.StringType()),
+        T.StructField("mask_png", T.BinaryType()),
+    ]
+)
+
+DECODED_SCHEMA = T.StructType(
+    [
+        T.StructField("source_key", T.StringType(), False),
+        T.StructField("collection", T.StringType(), False),
+        T.StructField("modality", T.StringType(), False),
+        T.StructField("source_path", T.StringType(), True),
+        T.StructField("patient_key", T.StringType(), False),
+        T.StructField("status", T.StringType(), False),
+        T.StructField("stage", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("image_id", T.StringType(), True),
+        T.StructField("label", T.StringType(), True),
+        T.StructField("view", T.StringType(), True),
+        T.StructField("laterality", T.StringType(), True),
+        T.StructField("magnification", T.IntegerType(), True),
+        T.StructField("original_height", T.IntegerType(), True),
+        T.StructField("original_width", T.IntegerType(), True),
+        T.StructField("bit_depth", T.IntegerType(), True),
+        T.StructField("pixel_spacing_mm", T.DoubleType(), True),
+        T.StructField("attributes", T.MapType(T.StringType(), T.StringType()), True),
+        T.StructField("transform", TRANSFORM_TYPE, True),
+        T.StructField("height", T.IntegerType(), True),
+        T.StructField("width", T.IntegerType(), True),
+        T.StructField("pixels", T.BinaryType(), True),
+        T.StructField("phash", T.LongType(), True),
+        T.StructField("findings", T.ArrayType(FINDING_TYPE), True),
+        T.StructField("notes", T.ArrayType(T.StringType()), True),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormaliseOptions:
+    """What the executors need to normalise an image (plain values: shipped in the task closure)."""
+
+    mammography_height: int
+    histology_height: int
+
+    def height(self, modality: str) -> int:
+        return self.mammography_height if modality == "mammography" else self.histology_height
+
+
+def display_path(collection: str, path: str, hash_paths: bool) -> str:
+    """How a source path appears in tables: as is, or only as its key for private collections."""
+    return path_key(collection, path) if hash_paths else path
+
+
+def record_rows(
+    scans: Mapping[str, Scan], secret: bytes, hash_paths: bool
+) -> list[tuple[str, str, str, str | None, str, bytes]]:
+    """Driver side: one row per scanned image, with the patient already pseudonymised.
+
+    The original patient identifier is replaced inside the pickled record too, so it never reaches an
+    executor, a table or a log.
+    """
+    rows = []
+    for collection, scan in scans.items():
+        modality = SOURCES[collection].MODALITY
+        for record in scan.records:
+            key = pseudonymise(secret, collection, record.patient_ref)
+            safe = dataclasses.replace(record, patient_ref=key)
+            rows.append(
+                (
+                    path_key(collection, record.path),
+                    collection,
+                    modality,
+                    None if hash_paths else record.path,
+                    key,
+                    pickle.dumps(safe),
+                )
+            )
+    return rows
+
+
+def records_frame(spark: SparkSession, rows: list[tuple], per_partition: int = 16) -> DataFrame:
+    """The scanned records as a DataFrame, spread so each task decodes about ``per_partition`` images."""
+    partitions = max(spark.sparkContext.defaultParallelism, -(-len(rows) // per_partition), 1)
+    return spark.createDataFrame(rows, RECORD_SCHEMA).repartition(partitions, "source_key")
+
+
+def without_present(records: DataFrame, images: DataFrame | None) -> DataFrame:
+    """Drop records whose source file is already in the images table (re-runs decode nothing twice).
+
+    Args:
+        records: scanned records.
+        images: the current images table, or ``None`` before the first run.
+
+    Returns:
+        The records still to decode.
+    """
+    if images is None:
+        return records
+    return records.join(images.select("source_key"), "source_key", "left_anti")
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def _decode_one(row: pd.Series, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
+    """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
+    from pipelines.normalise import normalise, transform_geometry, transform_mask
+    from pipelines.sources.base import DecodeError
+    from pipelines.tiling import encode_png, perceptual_hash
+
+    base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
+    record: ImageRecord = pickle.loads(row["record"])
+    reader = SOURCES[record.collection]
+    root = Path(roots[record.collection])
+    try:
+        image_id = _file_hash(root / record.path)
+        decoded = reader.decode(root, record)
+        pixels, transform = normalise(decoded, reader.MODALITY, options.height(reader.MODALITY))
+        findings = []
+        for index, finding in enumerate(record.findings):
+            geometry, mask_png = finding.geometry, None
+            if geometry is not None and geometry.kind == "mask":
+                mask_record = dataclasses.replace(record, path=str(geometry.mask_path))
+                mask = reader.decode(root, mask_record).pixels
+                mask_png = encode_png(
+                    transform_mask(mask > 0.5, transform, (decoded.height, decoded.width)).astype("uint8")
+                    * 255
+                )
+            elif geometry is not None:
+                geometry = transform_geometry(geometry, transform, decoded.width)
+            findings.append(
+                {
+                    "index": index,
+                    "label": finding.label,
+                    "subtype": finding.subtype,
+                    "descriptors": dict(finding.descriptors),
+                    "geometry_kind": geometry.kind if geometry else None,
+                    "geometry": json.dumps(dataclasses.asdict(geometry)) if geometry else None,
+                    "mask_png": mask_png,
+                }
+            )
+    except (DecodeError, OSError, ValueError) as exc:
+        stage = "decode" if isinstance(exc, DecodeError | OSError) else "normalise"
+        return {**base, "status": "quarantined", "stage": stage, "reason": str(exc) or type(exc).__name__}
+    return {
+        **base,
+        "status": "ok",
+        "image_id": image_id,
+        "label": record.label,
+        "view": record.view,
+        "laterality": record.laterality,
+        "magnification": record.magnification,
+        "original_height": decoded.height,
+        "original_width": decoded.width,
+        "bit_depth": decoded.bit_depth,
+        "pixel_spacing_mm": record.pixel_spacing_mm,
+        "attributes": dict(record.attributes),
+        "transform": transform.to_dict(),
+        "height": int(pixels.shape[0]),
+        "width": int(pixels.shape[1]),
+        "pixels": encode_png(pixels),
+        "phash": perceptual_hash(pixels),
+        "findings": findings,
+        "notes": list(decoded.notes),
+    }
+
+
+def decode_images(records: DataFrame, roots: Mapping[str, str], options: NormaliseOptions) -> DataFrame:
+    """Executors: decode, content-hash and normalise every record.
+
+    Args:
+        records: rows of :data:`RECORD_SCHEMA`.
+        roots: collection name -> root folder, as seen by the executors.
+        options: normalised sizes.
+
+    Returns:
+        Rows of :data:`DECODED_SCHEMA`, one per record, ``status`` ``ok`` or ``quarantined``.
+    """
+    roots = dict(roots)
+    columns = DECODED_SCHEMA.fieldNames()
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            rows = [_decode_one(row, roots, options) for _, row in batch.iterrows()]
+            yield pd.DataFrame(rows, columns=columns)
+
+    return records.mapInPandas(run, DECODED_SCHEMA)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def image_rows(decoded: DataFrame, splits: DataFrame) -> DataFrame:
+    """The ``images`` table's rows for newly decoded images, with their (already assigned) split.
+
+    Args:
+        decoded: :func:`decode_images` output.
+        splits: ``image_id, split`` for every new image.
+
+    Returns:
+        Rows in the ``images`` contract of docs/tables.md, one per distinct content hash.
+    """
+    return (
+        decoded.where(F.col("status") == "ok")
+        .dropDuplicates(["image_id"])
+        .join(splits, "image_id")
+        .select(
+            "image_id",
+            "collection",
+            "modality",
+            "source_key",
+            "source_path",
+            "patient_key",
+            "label",
+            "split",
+            "view",
+            "laterality",
+            "magnification",
+            "original_height",
+            "original_width",
+            "bit_depth",
+            "pixel_spacing_mm",
+            "attributes",
+            "transform",
+            "height",
+            "width",
+            "phash",
+            "notes",
+            "pixels",
+            F.lit(_now()).alias("ingested_at"),
+        )
+    )
+
+
+def annotation_rows(decoded: DataFrame) -> DataFrame:
+    """The ``annotations`` table's rows: one per finding, sourced from the collection's own metadata.
+
+    The ``source``/``reporter`` columns leave room for expert reports (crowd labels) on the same images.
+    """
+    finding = F.col("finding")
+    return (
+        decoded.where(F.col("status") == "ok")
+        .dropDuplicates(["image_id"])
+        .select("image_id", "collection", F.explode("findings").alias("finding"))
+        .select(
+            F.sha2(F.concat_ws("\x1f", "image_id", F.lit("collection"), finding["index"].cast("string")), 256)
+            .substr(1, 32)
+            .alias("annotation_id"),
+            "image_id",
+            "collection",
+            finding["label"].alias("label"),
+            finding["subtype"].alias("subtype"),
+            finding["descriptors"].alias("descriptors"),
+            finding["geometry_kind"].alias("geometry_kind"),
+            finding["geometry"].alias("geometry"),
+            finding["mask_png"].alias("mask_png"),
+            F.lit("collection").alias("source"),
+            F.lit(None).cast("string").alias("reporter"),
+            F.lit(_now()).alias("created_at"),
+        )
+    )
+
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("quarantine_id", T.StringType(), False),
+        T.StructField("collection", T.StringType(), False),
+        T.StructField("path", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("is_image", T.BooleanType(), False),
+        T.StructField("first_seen_at", T.TimestampType(), False),
+    ]
+)
+
+
+def _quarantine_id(collection: str, path: str, stage: str, reason: str) -> str:
+    return hashlib.sha256("\x1f".join((collection, path, stage, reason)).encode()).hexdigest()[:32]
+
+
+def scan_quarantine_rows(
+    spark: SparkSession, rejections: Mapping[str, list[Rejection]], hash_paths: bool
+) -> DataFrame:
+    """``quarantine`` rows for what the scans rejected (malformed rows, missing files, unknown labels)."""
+    now = _now()
+    rows = [
+        (
+            _quarantine_id(collection, r.path, r.stage, r.reason),
+            collection,
+            display_path(collection, r.path, hash_paths),
+            r.stage,
+            r.reason,
+            r.is_image,
+            now,
+        )
+        for collection, items in rejections.items()
+        for r in items
+    ]
+    return spark.createDataFrame(rows, QUARANTINE_SCHEMA)
+
+
+def decode_quarantine_rows(decoded: DataFrame) -> DataFrame:
+    """``quarantine`` rows for files that failed to decode or normalise."""
+    path = F.coalesce("source_path", "source_key")
+    return decoded.where(F.col("status") == "quarantined").select(
+        F.sha2(F.concat_ws("\x1f", "collection", path, "stage", "reason"), 256)
+        .substr(1, 32)
+        .alias("quarantine_id"),
+        "collection",
+        path.alias("path"),
+        "stage",
+        "reason",
+        F.lit(True).alias("is_image"),
+        F.lit(_now()).alias("first_seen_at"),
+    )

@@ -1,0 +1,62 @@
+"""The accounting a job prints and writes: every file seen is ingested, already present or quarantined."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipelines.sources.base import LABELS
+
+
+@dataclass
+class CollectionSummary:
+    """One collection's counts for one run; ``seen == ingested + already_present + quarantined``."""
+
+    seen: int = 0
+    ingested: int = 0
+    already_present: int = 0
+    quarantined: int = 0
+    auxiliary: int = 0
+    rejected_rows: int = 0
+    labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
+
+    def balanced(self) -> bool:
+        return self.seen == self.ingested + self.already_present + self.quarantined
+
+
+def render_table(collections: Mapping[str, CollectionSummary]) -> str:
+    """A fixed-width table of the summary, one line per collection and a total."""
+    columns = ["seen", "ingested", "already_present", "quarantined", "auxiliary", "rejected_rows"]
+    header = (
+        f"{'collection':12}" + "".join(f"{c:>17}" for c in columns) + "".join(f"{lb:>11}" for lb in LABELS)
+    )
+    lines = [header, "-" * len(header)]
+    total = CollectionSummary()
+    for name, summary in collections.items():
+        values = asdict(summary)
+        lines.append(
+            f"{name:12}"
+            + "".join(f"{values[c]:>17}" for c in columns)
+            + "".join(f"{summary.labels.get(lb, 0):>11}" for lb in LABELS)
+        )
+        for c in columns:
+            setattr(total, c, getattr(total, c) + values[c])
+        for lb in LABELS:
+            total.labels[lb] += summary.labels.get(lb, 0)
+    lines.append("-" * len(header))
+    values = asdict(total)
+    lines.append(
+        f"{'total':12}"
+        + "".join(f"{values[c]:>17}" for c in columns)
+        + "".join(f"{total.labels[lb]:>11}" for lb in LABELS)
+    )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, collections: Mapping[str, CollectionSummary], **extra: object) -> None:
+    """``{"collections": {name: {...}}}`` plus any extra top-level keys."""
+    payload = {"collections": {name: asdict(s) for name, s in collections.items()}, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
