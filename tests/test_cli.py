@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from jobs.cli import COMMANDS
@@ -76,3 +78,79 @@ def test_jobs_run_under_spark_submit_with_its_master_winning(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "with Delta (3 rows read back), master local[1]" in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_horovod_on_a_standalone_master_on_loopback(oncolake, tmp_path: Path) -> None:
+    spark_class = str(Path(sys.executable).parent / "spark-class")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    port = _free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    daemons = [
+        subprocess.Popen(
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(_free_port()),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        time.sleep(5)
+        daemons.append(
+            subprocess.Popen(
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.worker.Worker",
+                    master_url,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    "2",
+                    "--memory",
+                    "2g",
+                    "--webui-port",
+                    str(_free_port()),
+                    "--work-dir",
+                    str(tmp_path / "work"),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        result = oncolake(
+            "doctor",
+            "--horovod",
+            "2",
+            "--config",
+            "tiny",
+            "--set",
+            f"spark.master={master_url}",
+            "--set",
+            f"lakehouse.root={tmp_path / 'lake'}",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        assert f"master {master_url}" in result.stdout
+        assert "ok    horovod-spark 2 workers" in result.stdout
+    finally:
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            daemon.wait(timeout=60)
