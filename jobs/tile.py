@@ -36,12 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     existing = read_table(spark, tiles_path) if table_exists(spark, tiles_path) else None
     todo = tiles.images_to_tile(read_table(spark, lake.table("images")), existing)
     todo = tiles.with_findings(todo, read_table(spark, lake.table("annotations")))
-    options = tiles.TileOptions(
-        settings.tiles.size,
-        settings.tiles.stride,
-        settings.tiles.min_tissue,
-        settings.tiles.overlap_threshold,
-    )
+    options = tiles.TileOptions.from_settings(settings.tiles)
     metadata = {"job": "tile", "config": settings.public_dict()}
     merge_into(spark, tiles.cut_tiles(todo, options), tiles_path, ["tile_id"], metadata)
 

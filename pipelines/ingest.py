@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from conf.schema import NormaliseSettings
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources import SOURCES
 from pipelines.sources.base import ImageRecord, Rejection, Scan
@@ -100,6 +101,10 @@ class NormaliseOptions:
     mammography_height: int
     histology_height: int
 
+    @classmethod
+    def from_settings(cls, normalise: NormaliseSettings) -> NormaliseOptions:
+        return cls(normalise.mammography_height, normalise.histology_height)
+
     def height(self, modality: str) -> int:
         return self.mammography_height if modality == "mammography" else self.histology_height
 
@@ -165,7 +170,7 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def _decode_one(row: pd.Series, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
+def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
     """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
     from pipelines.normalise import normalise, transform_geometry, transform_mask
     from pipelines.sources.base import DecodeError
@@ -244,7 +249,7 @@ def decode_images(records: DataFrame, roots: Mapping[str, str], options: Normali
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            rows = [_decode_one(row, roots, options) for _, row in batch.iterrows()]
+            rows = [decode_record(row, roots, options) for _, row in batch.iterrows()]
             yield pd.DataFrame(rows, columns=columns)
 
     return records.mapInPandas(run, DECODED_SCHEMA)

@@ -15,6 +15,7 @@ from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 # Deletion vectors are off: Petastorm reads a snapshot's Parquet files directly, and a deletion vector
 # would make rows it cannot see disappear from Delta but not from the files.
@@ -47,6 +48,16 @@ def current_version(spark: SparkSession, path: str) -> int:
 def snapshot_files(spark: SparkSession, path: str, version: int) -> list[str]:
     """The Parquet files that make up the table at ``version``, for readers outside Spark (Petastorm)."""
     return sorted(read_table(spark, path, version).inputFiles())
+
+
+def files_holding(spark: SparkSession, path: str, version: int, condition: str) -> list[str]:
+    """The files of the table at ``version`` that hold at least one row matching ``condition``.
+
+    Petastorm reads whole files, so narrowing the file list to those that matter (the tiles table is
+    range-partitioned by split) saves reading the other splits; readers still filter rows themselves.
+    """
+    rows = read_table(spark, path, version).where(condition).select(F.input_file_name().alias("f")).distinct()
+    return sorted(r["f"] for r in rows.collect())
 
 
 @contextmanager

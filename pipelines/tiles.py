@@ -9,7 +9,7 @@ leak shows up in the tiles table as well.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,8 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from conf.schema import TileSettings
 
 TILE_SCHEMA = T.StructType(
     [
@@ -49,6 +51,10 @@ class TileOptions:
     min_tissue: float
     overlap_threshold: float
 
+    @classmethod
+    def from_settings(cls, tiles: TileSettings) -> TileOptions:
+        return cls(tiles.size, tiles.stride, tiles.min_tissue, tiles.overlap_threshold)
+
 
 def images_to_tile(images: DataFrame, tiles: DataFrame | None) -> DataFrame:
     """Images that have no tiles yet (re-runs cut nothing twice).
@@ -77,7 +83,7 @@ def _tile_id(image_id: str, y: int, x: int, size: int) -> str:
     return f"{image_id}-{size}-{y}-{x}"
 
 
-def _cut_image(row: pd.Series, options: TileOptions) -> list[dict]:
+def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
     from pipelines.sources.base import Geometry
     from pipelines.tiling import cut_tile, decode_png, encode_png, label_tiles, rasterise
 
@@ -146,7 +152,7 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            rows = [tile for _, row in batch.iterrows() for tile in _cut_image(row, options)]
+            rows = [tile for _, row in batch.iterrows() for tile in cut_image(row, options)]
             yield pd.DataFrame(rows, columns=columns)
 
     return selected.mapInPandas(run, TILE_SCHEMA)

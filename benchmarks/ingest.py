@@ -1,0 +1,176 @@
+"""Ingest + normalise + tile through Spark, against the same work as a plain Python process pool.
+
+    .venv/bin/python benchmarks/ingest.py [--sizes 250 500 1000 2000] [--cores 2] [--downscale 16]
+
+For each corpus size it generates a synthetic corpus, then runs, in the same process and on the same
+files: (a) the Spark path (``oncolake ingest`` then ``oncolake tile`` logic on ``local[cores]``, Delta
+MERGEs included) and (b) a baseline, the same scan + decode + normalise + tile functions in a
+``ProcessPoolExecutor`` of ``cores`` workers writing Parquet with pyarrow. It prints images/s of both,
+their ratio (target >= 0.8), seconds per image per size (target: flat within 20%) and the peak resident
+memory of the driver JVM and of the Python workers (target: bounded, independent of corpus size).
+The last line is one JSON object with those figures. Machines are noisy: read the ratios, not the
+absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import synth
+from conf import load_settings
+from jobs import ingest as ingest_job
+from jobs.session import build_spark
+from pipelines import ingest, tiles
+from pipelines.io import merge_into, read_table
+from pipelines.pseudonym import DEMO_SECRET
+from pipelines.sources import SOURCES
+
+
+class PeakMemory:
+    """Samples the resident memory of this process's JVM children and Python workers every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.jvm = 0
+        self.python_workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            jvm = workers = 0
+            for child in me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                    if "java" in child.name():
+                        jvm += rss
+                    else:
+                        workers += rss
+                except psutil.Error:
+                    continue
+            self.jvm, self.python_workers = max(self.jvm, jvm), max(self.python_workers, workers)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+Work = tuple[dict, dict[str, str], ingest.NormaliseOptions, tiles.TileOptions]
+
+
+def _baseline_one(args: Work) -> list[dict]:
+    row, roots, normalise_options, tile_options = args
+    decoded = ingest.decode_record(row, roots, normalise_options)
+    if decoded["status"] != "ok":
+        return []
+    image = {**decoded, "split": "train"}
+    return tiles.cut_image(image, tile_options)
+
+
+def baseline(roots: dict[str, str], out: Path, cores: int, settings) -> float:
+    """Scan, decode, normalise and tile with a process pool; write tiles as Parquet. Returns seconds."""
+    started = time.perf_counter()
+    scans = {name: SOURCES[name].scan(Path(root)) for name, root in roots.items()}
+    rows = ingest.record_rows(scans, DEMO_SECRET, hash_paths=False)
+    names = ingest.RECORD_SCHEMA.fieldNames()
+    normalise_options = ingest.NormaliseOptions.from_settings(settings.normalise)
+    tile_options = tiles.TileOptions.from_settings(settings.tiles)
+    work = [(dict(zip(names, row, strict=True)), roots, normalise_options, tile_options) for row in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=cores) as pool:
+        batch: list[dict] = []
+        part = 0
+        for result in pool.map(_baseline_one, work, chunksize=8):
+            batch.extend(result)
+            if len(batch) >= 512:
+                pq.write_table(pa.Table.from_pylist(batch), out / f"part-{part:05d}.parquet")
+                batch, part = [], part + 1
+        if batch:
+            pq.write_table(pa.Table.from_pylist(batch), out / f"part-{part:05d}.parquet")
+    return time.perf_counter() - started
+
+
+def spark_path(spark, settings, roots: dict[str, str]) -> float:
+    """The ingest job's logic and the tile job's logic, Delta MERGEs included. Returns seconds."""
+    started = time.perf_counter()
+    ingest_job.run(spark, settings, roots, DEMO_SECRET)
+    lake = settings.lakehouse
+    images, annotations = (
+        read_table(spark, lake.table("images")),
+        read_table(spark, lake.table("annotations")),
+    )
+    todo = tiles.with_findings(images, annotations)
+    options = tiles.TileOptions.from_settings(settings.tiles)
+    merge_into(spark, tiles.cut_tiles(todo, options), lake.table("tiles"), ["tile_id"])
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--downscale", type=float, default=16)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="oncolake-bench-"))
+    master = f"spark.master=local[{args.cores}]"
+    spark = build_spark(load_settings("local", [f"lakehouse.root={work / 'lake-0'}", master]), "bench-ingest")
+    figures: dict[str, dict] = {}
+    try:
+        for size in args.sizes:
+            corpus = work / f"corpus-{size}"
+            manifest = synth.generate(corpus, images=size, downscale=args.downscale, seed=size)
+            roots = {n: str(corpus / e["root"]) for n, e in manifest.items() if isinstance(e, dict)}
+            run_settings = load_settings("local", [f"lakehouse.root={work / f'lake-{size}'}", master])
+            with PeakMemory() as memory:
+                spark_s = spark_path(spark, run_settings, roots)
+            plain_s = baseline(roots, work / f"plain-{size}", args.cores, run_settings)
+            figures[str(size)] = {
+                "spark_images_per_s": size / spark_s,
+                "plain_images_per_s": size / plain_s,
+                "ratio": plain_s / spark_s,
+                "spark_s_per_image": spark_s / size,
+                "peak_driver_jvm_mb": memory.jvm / 2**20,
+                "peak_python_workers_mb": memory.python_workers / 2**20,
+            }
+            f = figures[str(size)]
+            print(
+                f"{size:6} images: spark {f['spark_images_per_s']:.2f} img/s, "
+                f"plain {f['plain_images_per_s']:.2f} img/s, ratio {f['ratio']:.2f}, "
+                f"{f['spark_s_per_image']:.3f} s/img, peak JVM "
+                f"{f['peak_driver_jvm_mb']:.0f} MB, peak workers {f['peak_python_workers_mb']:.0f} MB",
+                flush=True,
+            )
+            shutil.rmtree(corpus)
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    per_image = [f["spark_s_per_image"] for f in figures.values()]
+    result = {
+        "benchmark": "ingest",
+        "cores": args.cores,
+        "ratio_spark_vs_plain": min(f["ratio"] for f in figures.values()),
+        "s_per_image_spread": max(per_image) / min(per_image) - 1,
+        "sizes": figures,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
