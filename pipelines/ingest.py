@@ -250,7 +250,8 @@ def decode_images(records: DataFrame, roots: Mapping[str, str], options: Normali
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             rows = [decode_record(row, roots, options) for _, row in batch.iterrows()]
-            yield pd.DataFrame(rows, columns=columns)
+            # Object columns keep None as None: a quarantined row has no map or struct values to fill.
+            yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
 
     return records.mapInPandas(run, DECODED_SCHEMA)
 

@@ -39,6 +39,15 @@ def spark(settings: Settings) -> Iterator[SparkSession]:
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A small synthetic corpus of all four collections in their real layouts, and its manifest."""
+    import synth
+
+    out = tmp_path_factory.mktemp("corpus")
+    return out, synth.generate(out, images=60, downscale=16, seed=0)
+
+
 @pytest.fixture()
 def mlflow_uri(tmp_path: Path) -> Iterator[str]:
     """A fresh SQLite-backed MLflow store, made the current tracking and registry URI."""

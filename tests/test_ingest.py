@@ -15,7 +15,6 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-import synth
 from conf import Settings, load_settings
 from jobs import ingest as ingest_job
 from pipelines.io import current_version, merge_into, read_table
@@ -24,13 +23,6 @@ from pipelines.tiles import TileOptions, cut_tiles, with_findings
 
 SECRET = b"test-secret-5f1e0c"
 TABLES = ("images", "annotations", "quarantine")
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("corpus")
-    manifest = synth.generate(out, images=60, downscale=16, seed=0)
-    return out, manifest
 
 
 def _roots(corpus: tuple[Path, dict]) -> dict[str, str]:

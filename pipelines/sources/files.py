@@ -1,0 +1,83 @@
+"""File handling shared by the readers: walking a download once, reading raster formats defensively."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.sources.base import DecodeError
+
+
+def walk(root: Path) -> list[str]:
+    """Every file below ``root``, as sorted POSIX paths relative to it (hidden files included: they count)."""
+    found = []
+    for folder, _, names in os.walk(root):
+        base = Path(folder)
+        found.extend((base / name).relative_to(root).as_posix() for name in names)
+    return sorted(found)
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; an empty file is a decode error, not an empty image."""
+    data = path.read_bytes()
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return data
+
+
+def decode_raster(path: Path) -> tuple[np.ndarray, int]:
+    """PNG/PGM/TIFF through Pillow: pixels scaled to float32 [0, 1] and the stored bit depth.
+
+    Truncated files raise instead of being padded silently (Pillow's default is to refuse them).
+    """
+    data = read_bytes(path)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode = image.mode
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"not a readable image: {exc}") from None
+    if mode in {"I;16", "I;16B", "I;16L", "I"}:
+        bits = 16
+        maximum = float(2**16 - 1)
+        header_max = _pgm_maxval(data)
+        if header_max:
+            maximum, bits = float(header_max), int(np.ceil(np.log2(header_max + 1)))
+        return np.clip(array.astype(np.float32) / maximum, 0, 1), bits
+    if mode not in {"L", "RGB", "RGBA", "P", "LA"}:
+        raise DecodeError(f"unsupported image mode {mode}")
+    if mode in {"P", "LA", "RGBA"}:
+        array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB" if mode != "LA" else "L"))
+    maximum = float(_pgm_maxval(data) or 255)
+    return array.astype(np.float32) / maximum, 8
+
+
+def _pgm_maxval(data: bytes) -> int | None:
+    """The maxval of a binary PGM header (P5), which Pillow does not report."""
+    if not data.startswith(b"P5"):
+        return None
+    tokens: list[bytes] = []
+    for line in data[:256].split(b"\n"):
+        tokens.extend(line.split(b"#", 1)[0].split())
+        if len(tokens) >= 4:
+            return int(tokens[3])
+    return None
+
+
+def pgm_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a PGM header without reading its pixels; ``None`` when there is no header."""
+    with path.open("rb") as handle:
+        head = handle.read(256)
+    if head[:2] not in {b"P5", b"P2"}:
+        return None
+    tokens: list[bytes] = []
+    for line in head.split(b"\n"):
+        tokens.extend(line.split(b"#", 1)[0].split())
+        if len(tokens) >= 3:
+            return int(tokens[2]), int(tokens[1])
+    return None
