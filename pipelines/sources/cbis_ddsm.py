@@ -101,11 +101,8 @@ def scan(root: Path) -> Scan:
         where = f"{csv_name}:{number}"
         image = tree.resolve(row.get("image file path", ""))
         if image is None:
-            result.rejections.append(
-                Rejection(
-                    where, "scan", f"image file {row.get('image file path')!r} not found", is_image=False
-                )
-            )
+            missing = _clean(row.get("image file path")).replace("\\", "/").strip("/") or where
+            result.rejections.append(Rejection(missing, "scan", f"named by {where} but not found", is_image=False))
             continue
         pathology = row.get("pathology", "").upper()
         if pathology not in PATHOLOGY:
