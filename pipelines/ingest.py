@@ -173,7 +173,7 @@ def _file_hash(path: Path) -> str:
 def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
     """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
     from pipelines.normalise import normalise, transform_geometry, transform_mask
-    from pipelines.sources.base import DecodeError
+    from pipelines.sources.base import DecodeError, Geometry
     from pipelines.tiling import encode_png, perceptual_hash
 
     base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
@@ -190,10 +190,9 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
             if geometry is not None and geometry.kind == "mask":
                 mask_record = dataclasses.replace(record, path=str(geometry.mask_path))
                 mask = reader.decode(root, mask_record).pixels
-                mask_png = encode_png(
-                    transform_mask(mask > 0.5, transform, (decoded.height, decoded.width)).astype("uint8")
-                    * 255
-                )
+                region = transform_mask(mask > 0.5, transform, (decoded.height, decoded.width))
+                mask_png = encode_png(region.astype("uint8") * 255)
+                geometry = Geometry(kind="mask")  # the pixels travel in mask_png; the path may identify
             elif geometry is not None:
                 geometry = transform_geometry(geometry, transform, decoded.width)
             findings.append(

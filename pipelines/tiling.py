@@ -16,16 +16,23 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.links import hamming as hamming  # re-exported: tiles and links compare hashes alike
 from pipelines.sources.base import SEVERITY, Geometry
 
-# A grayscale pixel is tissue above this value (0-255) after normalisation; dark film is background.
+# A normalised mammogram pixel is tissue above this level (0-255, ~0.06 of the range): the normaliser
+# blacks out everything outside the breast and stretches the breast's 0.5th percentile to 0, so only
+# film background and the darkest skin-line fat fall below it.
 MAMMOGRAPHY_TISSUE_LEVEL = 16
-# An RGB pixel is background (empty slide) when every channel is above this value.
+# An RGB histology pixel is tissue when its darkest channel is below this level (stain absorbs light)...
 HISTOLOGY_WHITE_LEVEL = 220
+# ...or when its channels spread by more than this (pale eosin is pink, an empty slide is neutral grey-white).
+HISTOLOGY_MIN_SATURATION = 30
 
 
 @dataclass(frozen=True)
 class TileLabel:
+    """The label of one kept tile; see :func:`label_tiles` for the rules."""
+
     y: int
     x: int
     label: str | None
@@ -35,51 +42,68 @@ class TileLabel:
 
 
 def rasterise(geometry: Geometry, height: int, width: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """The region of a finding in normalised pixels: a filled circle, a filled polygon, or the mask."""
+    """The region of a finding in normalised pixels, bool (height, width).
+
+    A filled circle, a filled polygon (PIL: pixel-centre coordinates, as the normaliser maps them) or, for
+    ``mask`` geometry, the given mask, which must already be at the normalised size. An outline of fewer
+    than three points or a circle without a centre is an empty region: the labeller then treats the
+    finding as one without geometry.
+    """
     if geometry.kind == "mask":
-        if mask is None:
-            raise ValueError("a mask geometry needs its mask")
-        return np.asarray(mask, dtype=bool)[:height, :width]
+        if mask is None or np.shape(mask)[:2] != (height, width):
+            raise ValueError(f"a mask geometry needs its ({height}, {width}) mask")
+        return np.asarray(mask) > 0
     canvas = Image.new("1", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    if geometry.kind == "circle":
-        x, y, r = float(geometry.x or 0), float(geometry.y or 0), max(float(geometry.radius or 0), 1.0)
+    if geometry.kind == "circle" and geometry.x is not None and geometry.y is not None:
+        # A calcification's circle can shrink below a pixel: keep at least the pixel it is on.
+        x, y, r = geometry.x, geometry.y, max(geometry.radius or 0.0, 0.5)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=1)
-    elif len(geometry.points) >= 3:
-        draw.polygon([tuple(p) for p in geometry.points], fill=1)
+    elif geometry.kind == "outline" and len(geometry.points) >= 3:
+        draw.polygon([(float(px), float(py)) for px, py in geometry.points], fill=1)
     return np.asarray(canvas, dtype=bool)
 
 
 def tile_origins(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """Top-left corners of a grid covering every pixel; the last row and column align to the edges."""
+    """(y, x) of every tile of a grid covering every pixel, row by row.
 
-    def axis(length: int) -> list[int]:
+    Tiles start every ``stride`` pixels; when that leaves pixels uncovered at the bottom or right, one
+    more row or column of tiles is aligned to the edge (overlapping its neighbour rather than padding).
+    A dimension shorter than ``size`` gets a single tile, padded by :func:`cut_tile`.
+    """
+    if size < 1 or stride < 1:
+        raise ValueError(f"tile size and stride must be positive, got {size} and {stride}")
+
+    def starts(length: int) -> list[int]:
         if length <= size:
             return [0]
-        starts = list(range(0, length - size + 1, stride))
-        if starts[-1] != length - size:
-            starts.append(length - size)
-        return starts
+        found = list(range(0, length - size + 1, stride))
+        return found if found[-1] == length - size else [*found, length - size]
 
-    return [(y, x) for y in axis(height) for x in axis(width)]
+    return [(y, x) for y in starts(height) for x in starts(width)]
 
 
 def cut_tile(image: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
-    """The tile at (y, x), padded to size x size (black for mammograms, white for histology)."""
+    """The tile at (y, x), padded to size x size with background: black mammogram, white slide (RGB)."""
     tile = image[y : y + size, x : x + size]
-    if tile.shape[0] == size and tile.shape[1] == size:
+    if tile.shape[:2] == (size, size):
         return np.ascontiguousarray(tile)
-    fill = 255 if image.ndim == 3 else 0
-    padded = np.full((size, size, *image.shape[2:]), fill, dtype=image.dtype)
+    padded = np.full((size, size, *image.shape[2:]), 255 if image.ndim == 3 else 0, dtype=image.dtype)
     padded[: tile.shape[0], : tile.shape[1]] = tile
     return padded
 
 
 def tissue_fraction(tile: np.ndarray) -> float:
-    """Fraction of tissue pixels: bright enough on a mammogram, not empty-slide white on histology."""
+    """Fraction of tissue pixels: above the background level on a mammogram, not empty slide on RGB.
+
+    See ``MAMMOGRAPHY_TISSUE_LEVEL``, ``HISTOLOGY_WHITE_LEVEL`` and ``HISTOLOGY_MIN_SATURATION``.
+    """
     if tile.ndim == 2:
         return float(np.mean(tile > MAMMOGRAPHY_TISSUE_LEVEL))
-    return float(np.mean(tile.min(axis=2) < HISTOLOGY_WHITE_LEVEL))
+    rgb = tile[..., :3]
+    low, high = rgb.min(axis=2), rgb.max(axis=2)
+    stained = (low < HISTOLOGY_WHITE_LEVEL) | (high - low > HISTOLOGY_MIN_SATURATION)
+    return float(np.mean(stained))
 
 
 def label_tiles(
@@ -92,66 +116,88 @@ def label_tiles(
     min_tissue: float,
     overlap_threshold: float,
 ) -> list[TileLabel]:
-    """Label every non-background tile of a normalised image (see the module docstring for the rules).
+    """Label every non-background tile of a normalised image.
+
+    Rules, in order:
+
+    1. a tile whose :func:`tissue_fraction` is below ``min_tissue`` is background and is not returned;
+    2. histology: the image label (``whole_image``), since a BreaKHis image is the lesion;
+    3. a normal mammogram: ``normal`` (``normal_image``);
+    4. an abnormal mammogram: a finding's overlap with a tile is |tile ∩ region| / min(|tile|, |region|),
+       so a small lesion wholly inside a tile counts 1.0. The most severe label among findings overlapping
+       at least ``overlap_threshold`` (``finding``); otherwise no label when some finding's location is
+       unknown (``no_geometry``: no region, an empty one, or no finding at all), since the lesion may be
+       in this tile; otherwise no label when the tile touches a finding (``ambiguous``); otherwise
+       ``normal`` (``normal_tissue``).
 
     Args:
-        image: the normalised image.
+        image: the normalised image, uint8 (H, W) or (H, W, 3).
         modality: ``mammography`` or ``histology``.
-        image_label: the image's label.
-        findings: (label, region at the normalised size or ``None`` when the finding has no geometry).
-        size, stride: the grid.
-        min_tissue: tiles with a smaller tissue fraction are dropped.
-        overlap_threshold: |tile ∩ region| / min(|tile|, |region|) needed to take a finding's label.
+        image_label: the image's label (the most severe of its findings).
+        findings: (label, bool region at the image's size, or ``None`` when the finding has no geometry).
+        size, stride: the tile grid (see :func:`tile_origins`).
+        min_tissue: the tissue fraction below which a tile is background.
+        overlap_threshold: the overlap from which a tile takes a finding's label.
 
     Returns:
-        One :class:`TileLabel` per kept tile.
+        One :class:`TileLabel` per kept tile, with the largest overlap with any finding (0 when none).
     """
     height, width = image.shape[:2]
-    areas = [(label, region, int(region.sum()) if region is not None else 0) for label, region in findings]
-    any_without_geometry = any(region is None for _, region, _ in areas)
+    areas = [(label, region, np.count_nonzero(region)) for label, region in findings if region is not None]
+    located = [(label, region, area) for label, region, area in areas if area > 0]
+    unlocated = not findings or len(located) < len(findings)
     labels = []
     for y, x in tile_origins(height, width, size, stride):
         tissue = tissue_fraction(cut_tile(image, y, x, size))
         if tissue < min_tissue:
             continue
+        # Padding lies outside every region, so the tile's area is the full size * size.
         overlaps = [
-            (label, float(region[y : y + size, x : x + size].sum()) / max(1, min(size * size, area)))
-            for label, region, area in areas
-            if region is not None and area > 0
+            (label, np.count_nonzero(region[y : y + size, x : x + size]) / min(size * size, area))
+            for label, region, area in located
         ]
-        best = max((o for _, o in overlaps), default=0.0)
+        best = max((overlap for _, overlap in overlaps), default=0.0)
+        hits = [label for label, overlap in overlaps if overlap >= overlap_threshold]
         if modality == "histology":
             label, source = image_label, "whole_image"
         elif image_label == "normal":
             label, source = "normal", "normal_image"
+        elif hits:
+            label, source = max(hits, key=SEVERITY.__getitem__), "finding"
+        elif unlocated:
+            label, source = None, "no_geometry"
+        elif best > 0:
+            label, source = None, "ambiguous"
         else:
-            hits = [label for label, o in overlaps if o >= overlap_threshold]
-            if hits:
-                label, source = max(hits, key=SEVERITY.__getitem__), "finding"
-            elif any_without_geometry:
-                label, source = None, "no_geometry"
-            elif best > 0:
-                label, source = None, "ambiguous"
-            else:
-                label, source = "normal", "normal_tissue"
-        labels.append(TileLabel(y, x, label, source, best, tissue))
+            label, source = "normal", "normal_tissue"
+        labels.append(TileLabel(y, x, label, source, float(best), tissue))
     return labels
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """8-bit grayscale or RGB PNG, lightly compressed: tiles are written once and read many times."""
+    """uint8 (H, W) as 8-bit grayscale or (H, W, 3) as RGB PNG, lightly compressed.
+
+    Tiles are written once and decoded every epoch: level 1 is several times faster than the default and
+    only a few percent larger on noisy medical images.
+    """
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"expected uint8 (H, W) or (H, W, 3), got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, format="PNG", compress_level=2)
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """The inverse of :func:`encode_png`."""
-    return np.asarray(Image.open(io.BytesIO(data)))
+    """The inverse of :func:`encode_png`, as a writable array (torch warns on read-only buffers)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image)
 
 
 def perceptual_hash(image: np.ndarray) -> int:
-    """64-bit pHash of an image as a signed int64 (Spark's LongType); robust to resizing and small shifts."""
-    gray = Image.fromarray(image).convert("L")
-    value = int(str(imagehash.phash(gray, hash_size=8)), 16)
+    """64-bit pHash of an image as a signed int64 (Spark's LongType).
+
+    A DCT of a 32x32 grayscale thumbnail: the same picture decoded by another tool, at another resolution
+    or with slightly different windowing hashes within a few bits (see :mod:`pipelines.links`).
+    """
+    value = int(str(imagehash.phash(Image.fromarray(image).convert("L"), hash_size=8)), 16)
     return value - (1 << 64) if value >= 1 << 63 else value

@@ -102,7 +102,9 @@ def scan(root: Path) -> Scan:
         image = tree.resolve(row.get("image file path", ""))
         if image is None:
             missing = _clean(row.get("image file path")).replace("\\", "/").strip("/") or where
-            result.rejections.append(Rejection(missing, "scan", f"named by {where} but not found", is_image=False))
+            result.rejections.append(
+                Rejection(missing, "scan", f"named by {where} but not found", is_image=False)
+            )
             continue
         pathology = row.get("pathology", "").upper()
         if pathology not in PATHOLOGY:

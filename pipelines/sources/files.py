@@ -40,7 +40,9 @@ def decode_raster(path: Path) -> tuple[np.ndarray, int]:
             image.load()
             mode = image.mode
             array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DecodeError("not a readable image: unknown or corrupt format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(f"not a readable image: {exc}") from None
     if mode in {"I;16", "I;16B", "I;16L", "I"}:
         bits = 16
