@@ -124,7 +124,7 @@ def test_ddsm_fixes_a_swapped_header_and_quarantines_a_contradiction(corpus) -> 
     )
     assert decoded.notes and "swapped" in decoded.notes[0]
     mismatch = next(p["path"] for p in corpus[1]["ddsm"]["planted"] if p["kind"] == "size_mismatch")
-    with pytest.raises(DecodeError, match="contradicts the .ics"):
+    with pytest.raises(DecodeError, match=r"contradicts the \.ics"):
         ddsm.decode(root, records[mismatch])
 
 
