@@ -96,10 +96,21 @@ def test_ddsm_chain_code_and_overlay_parsing() -> None:
         (11, 11),
         (11, 10),
     ]
-    overlay = (
-        "TOTAL_ABNORMALITIES 2\nABNORMALITY 1\nLESION_TYPE MASS SHAPE ROUND MARGINS CIRCUMSCRIBED\nASSESSMENT 3\n"
-        "SUBTLETY 4\nPATHOLOGY BENIGN_WITHOUT_CALLBACK\nTOTAL_OUTLINES 1\nBOUNDARY\n5 6 2 2 4 4 6 6 0 0 #\n"
-        "ABNORMALITY 2\nLESION_TYPE CALCIFICATION TYPE PLEOMORPHIC DISTRIBUTION CLUSTERED\nPATHOLOGY UNPROVEN\n"
+    overlay = "\n".join(
+        [
+            "TOTAL_ABNORMALITIES 2",
+            "ABNORMALITY 1",
+            "LESION_TYPE MASS SHAPE ROUND MARGINS CIRCUMSCRIBED",
+            "ASSESSMENT 3",
+            "SUBTLETY 4",
+            "PATHOLOGY BENIGN_WITHOUT_CALLBACK",
+            "TOTAL_OUTLINES 1",
+            "BOUNDARY",
+            "5 6 2 2 4 4 6 6 0 0 #",
+            "ABNORMALITY 2",
+            "LESION_TYPE CALCIFICATION TYPE PLEOMORPHIC DISTRIBUTION CLUSTERED",
+            "PATHOLOGY UNPROVEN",
+        ]
     )
     first, second = ddsm.parse_overlay(overlay)
     assert first.label == "benign" and first.subtype == "BENIGN_WITHOUT_CALLBACK"
