@@ -46,7 +46,7 @@ def _sources(settings: Settings, overrides: list[str]) -> dict[str, str]:
 
 
 def _image_metadata(frame: DataFrame) -> list[dict]:
-    columns = ["image_id", "collection", "patient_key", "label", "phash", "split"]
+    columns = ["image_id", "collection", "patient_key", "label", "phash", "view", "split"]
     return [row.asDict() for row in frame.select(*columns).collect()]
 
 
@@ -57,7 +57,7 @@ def _splits_for_new(
     fresh = {m["image_id"]: m for m in new if m["image_id"] not in known}
     metas = [*existing, *fresh.values()]
     links = find_links(
-        [HashedImage(m["image_id"], m["collection"], m["phash"]) for m in metas],
+        [HashedImage(m["image_id"], m["collection"], m["phash"], m["view"]) for m in metas],
         settings.split.link_max_hamming,
     )
     images = [
@@ -121,7 +121,7 @@ def run(
     all_images = read_table(spark, images_path)
     final_meta = _image_metadata(all_images)
     links = find_links(
-        [HashedImage(m["image_id"], m["collection"], m["phash"]) for m in final_meta],
+        [HashedImage(m["image_id"], m["collection"], m["phash"], m["view"]) for m in final_meta],
         settings.split.link_max_hamming,
     )
     check_no_leak(

@@ -19,6 +19,7 @@ class HashedImage:
     image_id: str
     collection: str
     phash: int
+    view: str | None = None
 
 
 def _bands(value: int, count: int) -> list[tuple[int, int]]:
@@ -36,7 +37,9 @@ def find_links(images: Iterable[HashedImage], max_hamming: int) -> list[tuple[st
     """Pairs of image ids from different collections whose pHashes are within ``max_hamming`` bits.
 
     Within one collection, similar hashes are common (two views of one patient, symmetrical breasts) and
-    patients already keep their images together, so only cross-collection pairs are links.
+    patients already keep their images together, so only cross-collection pairs are links. A re-release
+    keeps its view, so pairs whose known views differ (CC against MLO) are not links: an 8x8 pHash alone
+    matches unrelated mammograms of similar shape now and then.
     """
     images = list(images)
     buckets: dict[tuple[int, int], list[HashedImage]] = defaultdict(list)
@@ -47,6 +50,10 @@ def find_links(images: Iterable[HashedImage], max_hamming: int) -> list[tuple[st
     for bucket in buckets.values():
         for i, a in enumerate(bucket):
             for b in bucket[i + 1 :]:
-                if a.collection != b.collection and hamming(a.phash, b.phash) <= max_hamming:
+                if (
+                    a.collection != b.collection
+                    and (a.view is None or b.view is None or a.view == b.view)
+                    and hamming(a.phash, b.phash) <= max_hamming
+                ):
                     pairs.add((min(a.image_id, b.image_id), max(a.image_id, b.image_id)))
     return sorted(pairs)

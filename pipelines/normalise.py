@@ -187,5 +187,8 @@ def transform_mask(mask: np.ndarray, t: Transform, decoded_shape: tuple[int, int
     if t.flipped:
         binary = binary[:, ::-1]
     crop = binary[t.top : t.bottom, t.left : t.right]
-    # Bilinear shrinking averages the covered area: a normalised pixel is lesion when it is half covered.
-    return _resize(crop, t.height, t.width, Image.Resampling.BILINEAR) >= 128
+    # Bilinear shrinking averages the covered area: a normalised pixel is lesion when it is half covered,
+    # except that a lesion smaller than that (a calcification) keeps every pixel it touches.
+    coverage = _resize(crop, t.height, t.width, Image.Resampling.BILINEAR)
+    region = coverage >= 128
+    return region if region.any() else coverage > 0

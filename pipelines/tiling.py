@@ -44,23 +44,27 @@ class TileLabel:
 def rasterise(geometry: Geometry, height: int, width: int, mask: np.ndarray | None = None) -> np.ndarray:
     """The region of a finding in normalised pixels, bool (height, width).
 
-    A filled circle, a filled polygon (PIL: pixel-centre coordinates, as the normaliser maps them) or, for
-    ``mask`` geometry, the given mask, which must already be at the normalised size. An outline of fewer
+    A filled circle (the pixels whose centre is within the radius), a filled polygon (PIL ImageDraw) or,
+    for ``mask`` geometry, the given mask, which must already be at the normalised size. An outline of fewer
     than three points or a circle without a centre is an empty region: the labeller then treats the
     finding as one without geometry.
     """
     if geometry.kind == "mask":
-        if mask is None or np.shape(mask)[:2] != (height, width):
+        if mask is None or np.shape(mask) != (height, width):
             raise ValueError(f"a mask geometry needs its ({height}, {width}) mask")
         return np.asarray(mask) > 0
+    if geometry.kind == "circle":
+        if geometry.x is None or geometry.y is None:
+            return np.zeros((height, width), dtype=bool)
+        # Pixel centres within the radius (exact, unlike PIL's ellipse, which rounds the box and includes
+        # its edges). A calcification's circle can shrink below a pixel: keep at least the pixel it is on.
+        radius = max(geometry.radius or 0.0, 0.75)
+        ys = (np.arange(height, dtype=np.float32) - geometry.y) ** 2
+        xs = (np.arange(width, dtype=np.float32) - geometry.x) ** 2
+        return ys[:, None] + xs[None, :] <= radius**2
     canvas = Image.new("1", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    if geometry.kind == "circle" and geometry.x is not None and geometry.y is not None:
-        # A calcification's circle can shrink below a pixel: keep at least the pixel it is on.
-        x, y, r = geometry.x, geometry.y, max(geometry.radius or 0.0, 0.5)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=1)
-    elif geometry.kind == "outline" and len(geometry.points) >= 3:
-        draw.polygon([(float(px), float(py)) for px, py in geometry.points], fill=1)
+    if geometry.kind == "outline" and len(geometry.points) >= 3:
+        ImageDraw.Draw(canvas).polygon([(float(px), float(py)) for px, py in geometry.points], fill=1)
     return np.asarray(canvas, dtype=bool)
 
 
@@ -71,8 +75,8 @@ def tile_origins(height: int, width: int, size: int, stride: int) -> list[tuple[
     more row or column of tiles is aligned to the edge (overlapping its neighbour rather than padding).
     A dimension shorter than ``size`` gets a single tile, padded by :func:`cut_tile`.
     """
-    if size < 1 or stride < 1:
-        raise ValueError(f"tile size and stride must be positive, got {size} and {stride}")
+    if size < 1 or not 1 <= stride <= size:
+        raise ValueError(f"need 1 <= stride <= size to cover every pixel, got size {size}, stride {stride}")
 
     def starts(length: int) -> list[int]:
         if length <= size:

@@ -41,6 +41,8 @@ SUBTYPES: dict[str, dict[str, tuple[str, float]]] = {
     },
 }
 IMAGES_PER_SLIDE = 24
+# Small corpora still get enough patients per class for a 60/20/20 patient-level split.
+MIN_SLIDES_PER_CLASS = 8
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def _slides(images: int, label: str, rng: np.random.Generator, *, shared_first: 
     """
     if images == 0:
         return []
-    count = min(images, max(2, round(images / IMAGES_PER_SLIDE)))
+    count = min(images, max(MIN_SLIDES_PER_CLASS, round(images / IMAGES_PER_SLIDE)))
     names = list(SUBTYPES[label])
     weights = np.array([SUBTYPES[label][name][1] for name in names])
     subtypes = [names[i] for i in rng.choice(len(names), size=count, p=weights / weights.sum())]

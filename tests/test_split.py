@@ -102,6 +102,13 @@ def test_links_join_only_near_identical_hashes_across_collections() -> None:
         HashedImage("cbis-2", "cbis_ddsm", base ^ 0xFFFF_FFFF),  # 32 bits apart: another film
         HashedImage("ddsm-2", "ddsm", base ^ 0b1),  # same collection: patients already group these
         HashedImage("mias-1", "mias", -1),  # negative (signed int64) hashes work too
+        HashedImage("cbis-mlo", "cbis_ddsm", base, view="MLO"),  # same hash, other view: not a re-release
+        HashedImage("ddsm-cc", "ddsm", base ^ 0b11, view="CC"),
     ]
-    assert find_links(images, max_hamming=6) == [("cbis-1", "ddsm-1"), ("cbis-1", "ddsm-2")]
+    links = find_links(images, max_hamming=6)
+    assert ("cbis-mlo", "ddsm-cc") not in links
+    assert [pair for pair in links if "cbis-mlo" not in pair and "ddsm-cc" not in pair] == [
+        ("cbis-1", "ddsm-1"),
+        ("cbis-1", "ddsm-2"),
+    ]
     assert hamming(-1, 0) == 64
