@@ -98,6 +98,28 @@ class SplitSettings(Section):
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class TrainSettings(Section):
+    """Distributed training: one model per task, Horovod workers on the Spark executors."""
+
+    tasks: tuple[str, ...] = (
+        "mammo_normal_vs_abnormal",
+        "mammo_benign_vs_malignant",
+        "histo_benign_vs_malignant",
+    )
+    network: str = "compact"
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(0.005, gt=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    patience: int = Field(3, ge=1)
+    # Horovod processes; null means one per executor core (spark.default.parallelism).
+    num_proc: int | None = Field(None, ge=1)
+    reader_workers: int = Field(2, ge=1)
+    seed: int = 0
+    # Registered model names are <model_prefix><task>.
+    model_prefix: str = "oncolake-"
+
+
 class Settings(Section):
     """The whole configuration of a job."""
 
@@ -110,6 +132,7 @@ class Settings(Section):
     normalise: NormaliseSettings = NormaliseSettings()
     tiles: TileSettings = TileSettings()
     split: SplitSettings = SplitSettings()
+    train: TrainSettings = TrainSettings()
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str = "local"
 

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "write a synthetic corpus in the four collections' real layouts"),
     "ingest": ("jobs.ingest", "read the collections into the images, annotations and quarantine tables"),
     "tile": ("jobs.tile", "cut normalised images into labelled training tiles"),
+    "train": ("jobs.train", "train one model per task with Horovod on the Spark executors"),
     "doctor": ("jobs.doctor", "check the installed stack (Java, Spark, Delta, Horovod, MLflow)"),
     "package": ("jobs.package", "build the code archive and packed environment for a cluster"),
 }

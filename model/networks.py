@@ -1,0 +1,96 @@
+"""The networks, chosen by name in configuration (``train.network``).
+
+Both take float32 tiles (N, 3, 224, 224), normalised to about zero mean and unit variance by the data
+pipeline (:mod:`model.data`), and return logits (N, num_classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class AlexNetLike(nn.Module):
+    """The paper's network: five convolutions and two 4,096-wide fully connected layers.
+
+    Shapes: (N,3,224,224) -conv 11x11/4-> (N,96,55,55) -pool-> (N,96,27,27) -conv 5x5-> (N,256,27,27)
+    -pool-> (N,256,13,13) -conv 3x3 x3-> (N,256,13,13) -pool-> (N,256,6,6) -> 9,216 -> 4,096 -> 4,096
+    -> classes.
+    """
+
+    def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(96, 256, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class CompactCNN(nn.Module):
+    """A small network that trains in minutes on two CPU cores: the demo's default.
+
+    Shapes: (N,3,224,224) -stem 5x5/2-> (N,16,112,112) -pool-> (N,16,56,56) -block-> (N,32,28,28)
+    -block-> (N,64,14,14) -block-> (N,96,7,7) -global average-> (N,96) -> classes.
+    """
+
+    def __init__(self, num_classes: int, dropout: float = 0.2) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, kernel_size=5, stride=2, padding=2, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            block(16, 32),
+            block(32, 64),
+            block(64, 96),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(p=dropout), nn.Linear(96, num_classes))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+NETWORKS: dict[str, Callable[[int], nn.Module]] = {"alexnet_like": AlexNetLike, "compact": CompactCNN}
+
+
+def build_network(name: str, num_classes: int) -> nn.Module:
+    """The network called ``name`` with ``num_classes`` outputs."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}: choose one of {sorted(NETWORKS)}")
+    return NETWORKS[name](num_classes)

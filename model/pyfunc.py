@@ -1,0 +1,52 @@
+"""The MLflow model that scoring loads: normalised tiles in, calibrated class probabilities out.
+
+Its input is exactly the tiles table's encoding (a ``pixels`` column of PNG bytes), so a Spark UDF built
+from the registered model can be applied to the tiles table as it is. The network's weights, its name,
+the class names and the calibration temperature travel as artifacts; the code travels with the model
+(``code_paths``), so loading it needs no oncolake install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+
+class TileClassifier(mlflow.pyfunc.PythonModel):
+    """Calibrated tile probabilities: ``softmax(logits / temperature)``, one ``p_<class>`` column each."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from model.networks import build_network
+
+        spec = json.loads(Path(context.artifacts["spec"]).read_text())
+        self.classes: list[str] = spec["classes"]
+        self.temperature = float(spec["temperature"])
+        self.batch_size = int(spec.get("batch_size", 64))
+        self.net = build_network(spec["network"], len(self.classes))
+        self.net.load_state_dict(
+            torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
+        )
+        self.net.eval()
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        import torch
+
+        from model.data import tile_to_array
+
+        outputs = []
+        pixels = list(model_input["pixels"])
+        with torch.no_grad():
+            for start in range(0, len(pixels), self.batch_size):
+                batch = np.stack([tile_to_array(bytes(p)) for p in pixels[start : start + self.batch_size]])
+                logits = self.net(torch.from_numpy(batch)) / self.temperature
+                outputs.append(torch.softmax(logits, dim=1).numpy())
+        probabilities = np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)))
+        return pd.DataFrame(probabilities, columns=[f"p_{c}" for c in self.classes])

@@ -1,0 +1,356 @@
+"""Data-parallel training in Horovod workers on the Spark executors.
+
+:func:`train_worker` is what every worker runs (through :func:`model.distributed.run_workers`): it reads
+its shard of the training tiles with Petastorm, steps a ``DistributedOptimizer`` (gradients averaged
+with Gloo allreduce), and after each epoch rank 0 validates, checkpoints and decides on early stopping,
+then broadcasts that decision so every worker stops together. Every worker runs the same number of steps
+per epoch (the reader repeats its shard), which keeps the allreduces matched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.data import ReaderSpec, make_transform
+from model.tasks import Task
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything a worker needs, decided on the driver (plain values: it is pickled to every worker)."""
+
+    task: Task
+    network: str
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    train_tiles: int
+    class_weights: tuple[float, ...]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_epochs: float
+    patience: int
+    checkpoint_dir: str
+    seed: int = 0
+    reader_workers: int = 2
+    resume: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Per worker; ``size`` workers together see about every training tile once per epoch."""
+        return max(1, math.ceil(self.train_tiles / self.batch_size))
+
+
+def checkpoint_path(directory: str, epoch: int) -> Path:
+    return Path(directory) / f"epoch-{epoch:03d}.pt"
+
+
+def best_path(directory: str) -> Path:
+    return Path(directory) / "best.pt"
+
+
+def latest_checkpoint(directory: str) -> Path | None:
+    """The newest per-epoch checkpoint, where a killed run resumes (losing at most the epoch in flight)."""
+    found = sorted(Path(directory).glob("epoch-*.pt"))
+    return found[-1] if found else None
+
+
+def validation_scores(
+    net: Any, files: tuple[str, ...], task: Task, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and targets over the whole validation split (rank 0 only)."""
+    import torch
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+
+    spec = ReaderSpec(split="val", task=task, augment=False)
+    probabilities, targets = [], []
+    net.eval()
+    with (
+        torch.no_grad(),
+        make_batch_reader(
+            list(files), num_epochs=1, workers_count=1, transform_spec=make_transform(spec)
+        ) as reader,
+    ):
+        for batch in BatchedDataLoader(reader, batch_size=batch_size):
+            probabilities.append(torch.softmax(net(batch["image"]), dim=1).numpy())
+            targets.append(batch["target"].numpy())
+    if not targets:
+        return np.zeros((0, len(task.classes))), np.zeros(0, dtype=np.int64)
+    return np.concatenate(probabilities), np.concatenate(targets)
+
+
+def validation_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Binary tasks: AUC of the positive class; more classes: macro one-vs-rest AUC; NaN with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(targets)) < 2:
+        return float("nan")
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(targets, probabilities[:, 1]))
+    return float(
+        roc_auc_score(targets, probabilities, multi_class="ovr", labels=list(range(probabilities.shape[1])))
+    )
+
+
+def train_worker(plan: TrainPlan) -> dict[str, Any]:
+    """One Horovod worker's training run; rank 0 returns the history and the best epoch, others ``{}``."""
+    import horovod.torch as hvd
+    import torch
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+
+    from model.networks import build_network
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    torch.manual_seed(plan.seed + rank)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
+    net = build_network(plan.network, len(plan.task.classes))
+    peak_lr = plan.learning_rate * size  # linear scaling with the number of workers, reached after warm-up
+    optimizer = torch.optim.SGD(net.parameters(), lr=peak_lr, momentum=0.9, weight_decay=1e-4)
+
+    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": list(plan.history)}
+    if rank == 0 and plan.resume:
+        latest = latest_checkpoint(plan.checkpoint_dir)
+        if latest is not None:
+            saved = torch.load(latest, weights_only=False)
+            net.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            state = {k: saved[k] for k in state}
+            print(f"train: resuming after epoch {state['epoch']} from {latest.name}", flush=True)
+    state = hvd.broadcast_object(state, root_rank=0)
+    hvd.broadcast_parameters(net.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
+    warmup_steps = max(1, round(plan.warmup_epochs * plan.steps_per_epoch))
+
+    spec = ReaderSpec(split="train", task=plan.task, augment=True, seed=plan.seed * 1000 + rank)
+    with make_batch_reader(
+        list(plan.train_files),
+        num_epochs=None,
+        cur_shard=rank,
+        shard_count=size,
+        shuffle_row_groups=True,
+        seed=plan.seed + rank,
+        workers_count=plan.reader_workers,
+        transform_spec=make_transform(spec),
+    ) as reader:
+        batches = iter(
+            BatchedDataLoader(
+                reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
+            )
+        )
+        for epoch in range(state["epoch"], plan.epochs):
+            net.train()
+            started, loss_sum, seen = time.monotonic(), 0.0, 0
+            for step in range(plan.steps_per_epoch):
+                done = epoch * plan.steps_per_epoch + step + 1
+                for group in optimizer.param_groups:
+                    group["lr"] = peak_lr * min(1.0, done / warmup_steps)
+                batch = next(batches)
+                optimizer.zero_grad()
+                loss = loss_fn(net(batch["image"]), batch["target"])
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss)
+                seen += len(batch["target"])
+            elapsed = time.monotonic() - started
+            train_loss = float(
+                hvd.allreduce(torch.tensor(loss_sum / plan.steps_per_epoch), name="train_loss")
+            )
+            images_per_s = float(hvd.allreduce(torch.tensor(seen / elapsed), op=hvd.Sum, name="images_per_s"))
+
+            decision = None
+            if rank == 0:
+                probabilities, targets = validation_scores(net, plan.val_files, plan.task, plan.batch_size)
+                auc = validation_auc(probabilities, targets)
+                val_loss = (
+                    float(
+                        loss_fn(
+                            torch.log(torch.from_numpy(probabilities).clamp_min(1e-7)),
+                            torch.from_numpy(targets),
+                        )
+                    )
+                    if len(targets)
+                    else float("nan")
+                )
+                record = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_auc": auc,
+                    "images_per_s": images_per_s,
+                    "lr": peak_lr * min(1.0, done / warmup_steps),
+                }
+                state["history"].append(record)
+                improved = not math.isnan(auc) and auc > state["best_auc"]
+                if improved or state["best_epoch"] < 0:
+                    state["best_auc"], state["best_epoch"] = (auc if not math.isnan(auc) else -1.0), epoch + 1
+                    torch.save(
+                        {"model": net.state_dict(), "epoch": epoch + 1}, best_path(plan.checkpoint_dir)
+                    )
+                state["epoch"] = epoch + 1
+                torch.save(
+                    {"model": net.state_dict(), "optimizer": optimizer.state_dict(), **state},
+                    checkpoint_path(plan.checkpoint_dir, epoch + 1),
+                )
+                print(
+                    f"train: epoch {epoch + 1}/{plan.epochs} loss {train_loss:.4f} val_loss {val_loss:.4f} "
+                    f"val_auc {auc:.3f} {images_per_s:.1f} images/s",
+                    flush=True,
+                )
+                decision = epoch + 1 - state["best_epoch"] >= plan.patience
+            if hvd.broadcast_object(decision, root_rank=0):
+                if rank == 0:
+                    print(f"train: early stop, best epoch {state['best_epoch']}", flush=True)
+                break
+    hvd.shutdown()
+    return state if rank == 0 else {}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The tiles one task trains on, at one pinned version of the tiles table (its lineage)."""
+
+    table: str
+    version: int
+    condition: str
+    counts: dict[str, dict[str, int]]
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+
+    def lineage(self) -> dict[str, Any]:
+        return {"table": self.table, "version": self.version, "filter": self.condition, "counts": self.counts}
+
+
+def task_condition(task: Task) -> str:
+    """The rows of the tiles table a task uses: its modality and collections, labels it knows."""
+    collections = ", ".join(f"'{c}'" for c in task.collections)
+    labels = ", ".join(f"'{label}'" for label in task.label_map)
+    condition = f"collection IN ({collections}) AND label IN ({labels})"
+    return condition if task.modality == "any" else f"modality = '{task.modality}' AND {condition}"
+
+
+def task_data(spark: Any, table: str, version: int, task: Task) -> TaskData:
+    """Counts per split and label, and the files holding each split's rows, at ``version``."""
+    from pyspark.sql import functions as F
+
+    from pipelines.io import files_holding, read_table
+
+    condition = task_condition(task)
+    counts: dict[str, dict[str, int]] = {}
+    for row in (
+        read_table(spark, table, version)
+        .where(condition)
+        .groupBy("split", "label")
+        .agg(F.count("*"))
+        .collect()
+    ):
+        counts.setdefault(row[0], {})[row[1]] = int(row[2])
+    files = {
+        s: tuple(files_holding(spark, table, version, f"{condition} AND split = '{s}'"))
+        for s in ("train", "val", "test")
+    }
+    return TaskData(table, version, condition, counts, files["train"], files["val"], files["test"])
+
+
+def class_weights(task: Task, train_counts: dict[str, int]) -> tuple[float, ...]:
+    """Inverse-frequency class weights, so a rare class weighs as much as a common one in the loss."""
+    per_class = [0] * len(task.classes)
+    for label, count in train_counts.items():
+        if label in task.label_map:
+            per_class[task.label_map[label]] += count
+    total = sum(per_class)
+    return tuple(total / (len(per_class) * n) if n else 0.0 for n in per_class)
+
+
+def row_groups(files: tuple[str, ...]) -> int:
+    """How many Parquet row groups the files hold: each Horovod worker's shard needs at least one."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f.removeprefix("file:")).num_row_groups for f in files)
+
+
+def fit_task(
+    spark: Any,
+    settings: Any,
+    task: Task,
+    data: TaskData,
+    num_proc: int,
+    resume_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train one task's model with Horovod on the executors, tracked in one MLflow run.
+
+    Returns:
+        ``run_id``, the training ``history`` and the ``best_epoch``/``best_auc``; the best weights are in
+        the run's checkpoint folder.
+    """
+    import json
+
+    import mlflow
+
+    from model.distributed import run_workers
+    from model.tracking import flat_params
+
+    train_counts = data.counts.get("train", {})
+    if not train_counts or not data.counts.get("val"):
+        raise ValueError(f"{task.name}: no training or validation tiles in {data.table}@{data.version}")
+    groups = row_groups(data.train_files)
+    if groups < num_proc:
+        raise ValueError(
+            f"{task.name}: {groups} row groups of training tiles for {num_proc} workers; rewrite tiles"
+        )
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else task.name) as run:
+        if resume_run_id is None:
+            mlflow.log_params(
+                {**flat_params(settings.public_dict()), "task": task.name, "num_proc": num_proc}
+            )
+            mlflow.set_tags(
+                {
+                    "task": task.name,
+                    "modality": task.modality,
+                    "lineage.table": data.table,
+                    "lineage.version": str(data.version),
+                    "lineage.filter": data.condition,
+                    "lineage.counts": json.dumps(data.counts, sort_keys=True),
+                }
+            )
+        directory = Path(settings.lakehouse.root) / "checkpoints" / run.info.run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        train = settings.train
+        plan = TrainPlan(
+            task=task,
+            network=train.network,
+            train_files=data.train_files,
+            val_files=data.val_files,
+            train_tiles=sum(train_counts.values()) // num_proc,
+            class_weights=class_weights(task, train_counts),
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            warmup_epochs=train.warmup_epochs,
+            patience=train.patience,
+            checkpoint_dir=str(directory),
+            seed=train.seed,
+            reader_workers=train.reader_workers,
+            resume=resume_run_id is not None,
+        )
+        state = run_workers(spark, train_worker, num_proc, (plan,))[0]
+        for record in state["history"]:
+            step = int(record["epoch"])
+            mlflow.log_metrics(
+                {k: v for k, v in record.items() if k != "epoch" and not math.isnan(v)}, step=step
+            )
+        mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"]})
+        return {"run_id": run.info.run_id, "checkpoint_dir": str(directory), **state}
