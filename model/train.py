@@ -127,7 +127,9 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
             optimizer.load_state_dict(saved["optimizer"])
             state = {k: saved[k] for k in state}
             print(f"train: resuming after epoch {state['epoch']} from {latest.name}", flush=True)
-    state = hvd.broadcast_object(state, root_rank=0)
+    # Explicit names: Horovod matches collectives by name, which broadcast_object otherwise takes from the
+    # object's type, and rank 0's object differs in type from the placeholders the other ranks pass.
+    state = hvd.broadcast_object(state, root_rank=0, name="train_state")
     hvd.broadcast_parameters(net.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
@@ -210,7 +212,7 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
                     flush=True,
                 )
                 decision = epoch + 1 - state["best_epoch"] >= plan.patience
-            if hvd.broadcast_object(decision, root_rank=0):
+            if hvd.broadcast_object(decision, root_rank=0, name="early_stop"):
                 if rank == 0:
                     print(f"train: early stop, best epoch {state['best_epoch']}", flush=True)
                 break
