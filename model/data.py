@@ -20,7 +20,6 @@ from model.tasks import Task
 TILE_SIZE = 224
 # Mean and spread of normalised 8-bit tiles: inputs become roughly zero-centred with unit variance.
 PIXEL_MEAN, PIXEL_STD = 0.45, 0.25
-READ_FIELDS = ["tile_id", "split", "label", "channels", "pixels"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,11 @@ def make_transform(spec: ReaderSpec):
     rng = np.random.default_rng(spec.seed)
 
     def transform(frame: pd.DataFrame) -> pd.DataFrame:
-        keep = (frame["split"] == spec.split) & frame["label"].isin(list(spec.task.label_map))
+        keep = (
+            (frame["split"] == spec.split)
+            & frame["collection"].isin(list(spec.task.collections))
+            & frame["label"].isin(list(spec.task.label_map))
+        )
         frame = frame.loc[keep]
         images = [tile_to_array(png) for png in frame["pixels"]]
         if spec.augment:
