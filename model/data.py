@@ -18,6 +18,7 @@ import pandas as pd
 from model.tasks import Task
 
 TILE_SIZE = 224
+IGNORE = -1  # target of rows that belong to another split or task
 # Mean and spread of normalised 8-bit tiles: inputs become roughly zero-centred with unit variance.
 PIXEL_MEAN, PIXEL_STD = 0.45, 0.25
 
@@ -57,27 +58,29 @@ def augment(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_transform(spec: ReaderSpec):
-    """The Petastorm ``TransformSpec`` for a split and task: filter rows, decode, augment, label."""
+    """The Petastorm ``TransformSpec`` for a split and task: decode, augment and label the task's rows.
+
+    Rows outside the split or task keep their place with ``target`` :data:`IGNORE` and a blank image
+    (never decoded): Petastorm ends a read early when a row group's transform returns no rows at all
+    (uber/petastorm#507), which silently dropped the rest of a split. Consumers drop ignored rows.
+    """
     from petastorm import TransformSpec
 
     rng = np.random.default_rng(spec.seed)
+    blank = np.zeros((3, TILE_SIZE, TILE_SIZE), dtype=np.float32)
 
     def transform(frame: pd.DataFrame) -> pd.DataFrame:
         keep = (
             (frame["split"] == spec.split)
             & frame["collection"].isin(list(spec.task.collections))
             & frame["label"].isin(list(spec.task.label_map))
-        )
-        frame = frame.loc[keep]
-        images = [tile_to_array(png) for png in frame["pixels"]]
-        if spec.augment:
-            images = [augment(image, rng) for image in images]
-        return pd.DataFrame(
-            {
-                "image": images,
-                "target": frame["label"].map(spec.task.label_map).astype(np.int64).to_numpy(),
-            }
-        )
+        ).to_numpy()
+        images = []
+        for wanted, png in zip(keep, frame["pixels"], strict=True):
+            image = tile_to_array(png) if wanted else blank
+            images.append(augment(image, rng) if wanted and spec.augment else image)
+        targets = frame["label"].map(spec.task.label_map).where(keep, IGNORE).astype(np.int64).to_numpy()
+        return pd.DataFrame({"image": images, "target": targets})
 
     return TransformSpec(
         transform,

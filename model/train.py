@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from model.data import ReaderSpec, make_transform
+from model.data import IGNORE, ReaderSpec, make_transform, tile_to_array
 from model.tasks import Task
 
 
@@ -31,6 +31,7 @@ class TrainPlan:
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
     train_tiles: int
+    val_tiles: int
     class_weights: tuple[float, ...]
     epochs: int
     batch_size: int
@@ -66,26 +67,33 @@ def latest_checkpoint(directory: str) -> Path | None:
 def validation_scores(
     net: Any, files: tuple[str, ...], task: Task, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and targets over the whole validation split (rank 0 only)."""
-    import torch
-    from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
+    """Class probabilities and targets over the whole validation split (rank 0 only).
 
-    spec = ReaderSpec(split="val", task=task, augment=False)
-    probabilities, targets = [], []
+    Read with pyarrow rather than a second Petastorm reader: inside a worker that already runs the
+    (endless) training reader, a one-epoch Petastorm reader intermittently ended without yielding
+    anything, and validation must see every validation tile, every epoch.
+    """
+    import pyarrow.parquet as pq
+    import torch
+
+    columns = ["split", "collection", "label", "pixels"]
+    frame = pq.ParquetDataset([f.removeprefix("file:") for f in files]).read(columns=columns).to_pandas()
+    frame = frame[
+        (frame["split"] == "val")
+        & frame["collection"].isin(list(task.collections))
+        & frame["label"].isin(list(task.label_map))
+    ]
+    probabilities = []
     net.eval()
-    with (
-        torch.no_grad(),
-        make_batch_reader(
-            list(files), num_epochs=1, workers_count=1, transform_spec=make_transform(spec)
-        ) as reader,
-    ):
-        for batch in BatchedDataLoader(reader, batch_size=batch_size):
-            probabilities.append(torch.softmax(net(batch["image"]), dim=1).numpy())
-            targets.append(batch["target"].numpy())
-    if not targets:
-        return np.zeros((0, len(task.classes))), np.zeros(0, dtype=np.int64)
-    return np.concatenate(probabilities), np.concatenate(targets)
+    with torch.no_grad():
+        for start in range(0, len(frame), batch_size):
+            chunk = frame["pixels"].iloc[start : start + batch_size]
+            images = torch.from_numpy(np.stack([tile_to_array(png) for png in chunk]))
+            probabilities.append(torch.softmax(net(images), dim=1).numpy())
+    targets = frame["label"].map(task.label_map).to_numpy(dtype=np.int64)
+    if not probabilities:
+        return np.zeros((0, len(task.classes))), targets
+    return np.concatenate(probabilities), targets
 
 
 def validation_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
@@ -99,6 +107,15 @@ def validation_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
     return float(
         roc_auc_score(targets, probabilities, multi_class="ovr", labels=list(range(probabilities.shape[1])))
     )
+
+
+def next_batch(batches: Any) -> tuple[Any, Any]:
+    """The next batch's task rows; batches holding only other splits' rows are skipped."""
+    while True:
+        batch = next(batches)
+        wanted = batch["target"] != IGNORE
+        if bool(wanted.any()):
+            return batch["image"][wanted], batch["target"][wanted]
 
 
 def train_worker(plan: TrainPlan) -> dict[str, Any]:
@@ -159,13 +176,13 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
                 done = epoch * plan.steps_per_epoch + step + 1
                 for group in optimizer.param_groups:
                     group["lr"] = peak_lr * min(1.0, done / warmup_steps)
-                batch = next(batches)
+                images, targets = next_batch(batches)
                 optimizer.zero_grad()
-                loss = loss_fn(net(batch["image"]), batch["target"])
+                loss = loss_fn(net(images), targets)
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss)
-                seen += len(batch["target"])
+                seen += len(targets)
             elapsed = time.monotonic() - started
             train_loss = float(
                 hvd.allreduce(torch.tensor(loss_sum / plan.steps_per_epoch), name="train_loss")
@@ -175,6 +192,10 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
             decision = None
             if rank == 0:
                 probabilities, targets = validation_scores(net, plan.val_files, plan.task, plan.batch_size)
+                if len(targets) != plan.val_tiles:
+                    raise RuntimeError(
+                        f"validation read {len(targets)} tiles, the table holds {plan.val_tiles}"
+                    )
                 auc = validation_auc(probabilities, targets)
                 val_loss = (
                     float(
@@ -337,6 +358,7 @@ def fit_task(
             train_files=data.train_files,
             val_files=data.val_files,
             train_tiles=sum(train_counts.values()) // num_proc,
+            val_tiles=sum(data.counts["val"].values()),
             class_weights=class_weights(task, train_counts),
             epochs=train.epochs,
             batch_size=train.batch_size,
