@@ -1,4 +1,4 @@
-"""MLflow: experiments in the lakehouse, the logged tile model, registration and the promotion gate.
+"""MLflow: experiments in the lakehouse, the logged tile model and its registration.
 
 Only the public configuration, figures and lineage (table path, version, counts) are logged; the
 pseudonym secret and patient pseudonyms never are.
@@ -99,21 +99,3 @@ def register(model_uri: str, name: str, tags: dict[str, str], description: str) 
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
     return str(version)
-
-
-def promote_if_better(name: str, version: str, challenger_auc: float, champion_auc: float | None) -> bool:
-    """Give ``champion`` to the challenger when it beats the champion on the same test split.
-
-    Both figures and the decision are recorded on the challenger's version, so the registry explains
-    every promotion and every refusal.
-    """
-    client = MlflowClient()
-    promote = champion_auc is None or challenger_auc > champion_auc
-    client.set_model_version_tag(name, version, "gate.challenger_patient_auc", f"{challenger_auc:.6f}")
-    client.set_model_version_tag(
-        name, version, "gate.champion_patient_auc", "none" if champion_auc is None else f"{champion_auc:.6f}"
-    )
-    client.set_model_version_tag(name, version, "gate.decision", "promoted" if promote else "kept challenger")
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return promote

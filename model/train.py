@@ -377,4 +377,38 @@ def fit_task(
                 {k: v for k, v in record.items() if k != "epoch" and not math.isnan(v)}, step=step
             )
         mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"]})
-        return {"run_id": run.info.run_id, "checkpoint_dir": str(directory), **state}
+        version = register_best(settings, task, data, directory, state)
+        return {"run_id": run.info.run_id, "checkpoint_dir": str(directory), "version": version, **state}
+
+
+def register_best(settings: Any, task: Task, data: TaskData, directory: Path, state: dict[str, Any]) -> str:
+    """Log the best epoch's weights as the pyfunc tile model and register it as the ``challenger``.
+
+    Calibration is not fitted yet (temperature 1.0) and the version says so: evaluation, which fits it
+    on the validation split and runs the promotion gate, is a separate job still to come.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from model.tracking import log_tile_model, register
+
+    weights = torch.load(best_path(str(directory)), weights_only=False)["model"]
+    example = pq.ParquetFile(data.val_files[0].removeprefix("file:")).read_row_group(0, columns=["pixels"])
+    info = log_tile_model(
+        weights, settings.train.network, list(task.classes), 1.0, example["pixels"].to_pylist()[:2]
+    )
+    tags = {
+        "task": task.name,
+        "lineage.table": data.table,
+        "lineage.version": str(data.version),
+        "best_epoch": str(state["best_epoch"]),
+        "best_val_auc": f"{state['best_auc']:.4f}",
+        "calibration": "none: temperature 1.0 until evaluation is built",
+    }
+    description = (
+        f"{task.name}: {', '.join(task.classes)} from {data.table}@{data.version} "
+        f"(counts {json.dumps(data.counts, sort_keys=True)}). Research use only; not a diagnostic device."
+    )
+    return register(info.model_uri, f"{settings.train.model_prefix}{task.name}", tags, description)

@@ -71,3 +71,15 @@ def test_two_horovod_workers_train_from_a_pinned_tiles_version(
     assert json.loads(run.data.tags["lineage.counts"]) == data.counts
     assert "train_loss" in run.data.metrics and run.data.params["task"] == task.name
     assert "train-test-secret" not in json.dumps([run.data.params, run.data.tags])
+
+    name = f"{settings.train.model_prefix}{task.name}"
+    registered = mlflow.MlflowClient().get_model_version_by_alias(name, "challenger")
+    assert str(registered.version) == result["version"]
+    assert registered.tags["lineage.version"] == str(version)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
+    sample = (
+        read_table(spark, lake.table("tiles")).where("split = 'test'").select("pixels").limit(3).toPandas()
+    )
+    probabilities = model.predict(sample)
+    assert list(probabilities.columns) == ["p_benign", "p_malignant"]
+    assert ((probabilities.sum(axis=1) - 1).abs() < 1e-5).all()
