@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class TrainPlan:
     seed: int = 0
     reader_workers: int = 2
     resume: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -135,7 +134,7 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
     peak_lr = plan.learning_rate * size  # linear scaling with the number of workers, reached after warm-up
     optimizer = torch.optim.SGD(net.parameters(), lr=peak_lr, momentum=0.9, weight_decay=1e-4)
 
-    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": list(plan.history)}
+    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": []}
     if rank == 0 and plan.resume:
         latest = latest_checkpoint(plan.checkpoint_dir)
         if latest is not None:

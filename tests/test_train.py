@@ -83,3 +83,13 @@ def test_two_horovod_workers_train_from_a_pinned_tiles_version(
     probabilities = model.predict(sample)
     assert list(probabilities.columns) == ["p_benign", "p_malignant"]
     assert ((probabilities.sum(axis=1) - 1).abs() < 1e-5).all()
+
+    # A killed run resumes from its last per-epoch checkpoint: one more epoch, none repeated.
+    longer = load_settings(
+        "tiny", [f"lakehouse.root={tmp_path}", "spark.master=local[2]", "train.epochs=3", "train.patience=5"]
+    )
+    resumed = fit_task(spark, longer, task, data, num_proc=2, resume_run_id=result["run_id"])
+    assert resumed["run_id"] == result["run_id"]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == result["history"]
+    assert latest_checkpoint(resumed["checkpoint_dir"]).name == "epoch-003.pt"
