@@ -73,7 +73,7 @@ def build_env_archive(out: Path) -> Path:
     subprocess.run([*pip, horovod, str(REPO)], check=True)
     target = out / "oncolake-env.tar.gz"
     target.unlink(missing_ok=True)
-    venv_pack.pack(prefix=str(staging), output=str(target), verbose=True)
+    venv_pack.pack(prefix=str(staging), output=str(target))
     shutil.rmtree(staging)
     return target
 
