@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from model.calibration import calibrated, choose_threshold, fit_temperature
 from model.data import IGNORE, ReaderSpec, make_transform, tile_to_array
 from model.tasks import Task
 
@@ -63,10 +64,10 @@ def latest_checkpoint(directory: str) -> Path | None:
     return found[-1] if found else None
 
 
-def validation_scores(
+def validation_logits(
     net: Any, files: tuple[str, ...], task: Task, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and targets over the whole validation split (rank 0 only).
+    """Logits and targets over the whole validation split (rank 0 during training; the driver after).
 
     Read with pyarrow rather than a second Petastorm reader: inside a worker that already runs the
     (endless) training reader, a one-epoch Petastorm reader intermittently ended without yielding
@@ -82,17 +83,17 @@ def validation_scores(
         & frame["collection"].isin(list(task.collections))
         & frame["label"].isin(list(task.label_map))
     ]
-    probabilities = []
+    logits = []
     net.eval()
     with torch.no_grad():
         for start in range(0, len(frame), batch_size):
             chunk = frame["pixels"].iloc[start : start + batch_size]
             images = torch.from_numpy(np.stack([tile_to_array(png) for png in chunk]))
-            probabilities.append(torch.softmax(net(images), dim=1).numpy())
+            logits.append(net(images).numpy())
     targets = frame["label"].map(task.label_map).to_numpy(dtype=np.int64)
-    if not probabilities:
+    if not logits:
         return np.zeros((0, len(task.classes))), targets
-    return np.concatenate(probabilities), targets
+    return np.concatenate(logits), targets
 
 
 def validation_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
@@ -190,7 +191,8 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
 
             decision = None
             if rank == 0:
-                probabilities, targets = validation_scores(net, plan.val_files, plan.task, plan.batch_size)
+                logits, targets = validation_logits(net, plan.val_files, plan.task, plan.batch_size)
+                probabilities = calibrated(logits, 1.0)
                 if len(targets) != plan.val_tiles:
                     raise RuntimeError(
                         f"validation read {len(targets)} tiles, the table holds {plan.val_tiles}"
@@ -381,33 +383,43 @@ def fit_task(
 
 
 def register_best(settings: Any, task: Task, data: TaskData, directory: Path, state: dict[str, Any]) -> str:
-    """Log the best epoch's weights as the pyfunc tile model and register it as the ``challenger``.
+    """Calibrate the best epoch on the validation split, log it as the pyfunc model, register the challenger.
 
-    Calibration is not fitted yet (temperature 1.0) and the version says so: evaluation, which fits it
-    on the validation split and runs the promotion gate, is a separate job still to come.
+    The temperature and the decision threshold (highest one keeping validation sensitivity >= 0.9 on the
+    positive class) are fitted on validation tiles only and recorded on the version; test-split figures and
+    the promotion gate belong to evaluation.
     """
     import json
 
     import pyarrow.parquet as pq
     import torch
 
+    from model.networks import build_network
     from model.tracking import log_tile_model, register
 
     weights = torch.load(best_path(str(directory)), weights_only=False)["model"]
+    net = build_network(settings.train.network, len(task.classes))
+    net.load_state_dict(weights)
+    logits, targets = validation_logits(net, data.val_files, task, settings.train.batch_size)
+    temperature = fit_temperature(logits, targets)
+    positive = task.classes.index(task.positive)
+    threshold = choose_threshold(targets == positive, calibrated(logits, temperature)[:, positive])
     example = pq.ParquetFile(data.val_files[0].removeprefix("file:")).read_row_group(0, columns=["pixels"])
-    info = log_tile_model(
-        weights, settings.train.network, list(task.classes), 1.0, example["pixels"].to_pylist()[:2]
-    )
+    pixels = example["pixels"].to_pylist()[:2]
+    info = log_tile_model(weights, settings.train.network, list(task.classes), temperature, pixels)
     tags = {
         "task": task.name,
         "lineage.table": data.table,
         "lineage.version": str(data.version),
         "best_epoch": str(state["best_epoch"]),
         "best_val_auc": f"{state['best_auc']:.4f}",
-        "calibration": "none: temperature 1.0 until evaluation is built",
+        "calibration.temperature": f"{temperature:.4f}",
+        "threshold": f"{threshold:.6f}",
+        "threshold.rule": f"validation sensitivity >= 0.9 on p_{task.positive}",
     }
     description = (
         f"{task.name}: {', '.join(task.classes)} from {data.table}@{data.version} "
-        f"(counts {json.dumps(data.counts, sort_keys=True)}). Research use only; not a diagnostic device."
+        f"(counts {json.dumps(data.counts, sort_keys=True)}); temperature {temperature:.3f} and threshold "
+        f"{threshold:.3f} fitted on the validation split. Research use only; not a diagnostic device."
     )
     return register(info.model_uri, f"{settings.train.model_prefix}{task.name}", tags, description)

@@ -76,6 +76,10 @@ def test_two_horovod_workers_train_from_a_pinned_tiles_version(
     registered = mlflow.MlflowClient().get_model_version_by_alias(name, "challenger")
     assert str(registered.version) == result["version"]
     assert registered.tags["lineage.version"] == str(version)
+    assert (
+        float(registered.tags["calibration.temperature"]) > 0
+        and 0 <= float(registered.tags["threshold"]) <= 1
+    )
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     sample = (
         read_table(spark, lake.table("tiles")).where("split = 'test'").select("pixels").limit(3).toPandas()
