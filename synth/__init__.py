@@ -42,6 +42,7 @@ from synth.report import Progress, split
 FULL_IMAGES = 12_000
 SHARES = {"breakhis": 1.0, "mias": 1.0, "ddsm": 2.0, "cbis_ddsm": 2.0}  # of the total, in sixths
 FULL_SIZE_FROM = 200
+REISSUED_EVERY = 10  # one CBIS-DDSM patient in this many re-releases a DDSM case
 
 
 def generate(
@@ -59,7 +60,9 @@ def generate(
     manifest maps each collection (``breakhis``, ``mias``, ``ddsm``, ``cbis_ddsm``) to ``root``, ``images``
     (good image files), ``labels`` (good images per label), ``patients`` (with a good image),
     ``auxiliary`` (metadata, crops and masks on disk), ``planted`` and ``quirks`` (``path`` relative to the
-    root and ``kind``) and ``downscale``.  Refuses to write over an existing collection folder.
+    root and ``kind``), ``links`` (``path`` of a CBIS-DDSM image and the ``ddsm`` path of the film it
+    re-releases, each relative to its own collection root; empty elsewhere) and ``downscale``.  Refuses to
+    write over an existing collection folder.
     """
     out = Path(out)
     say = progress or (lambda _line: None)
@@ -81,14 +84,18 @@ def generate(
     for name in roots.values():
         (out / name).mkdir(parents=True)
 
+    films: list[ddsm.Film] = []
+    reissues = max(1, counts["cbis_ddsm"] // (2 * REISSUED_EVERY))
     reports = {
         "breakhis": breakhis.generate(
             out / breakhis.ROOT, counts["breakhis"], histology_size, keep_full, rngs["breakhis"], say
         ),
         "mias": mias.generate(out / mias.ROOT, counts["mias"], factor, keep_full, rngs["mias"], say),
-        "ddsm": ddsm.generate(out / ddsm.ROOT, counts["ddsm"], factor, keep_full, rngs["ddsm"], say),
+        "ddsm": ddsm.generate(
+            out / ddsm.ROOT, counts["ddsm"], factor, keep_full, rngs["ddsm"], say, films, 2 * reissues
+        ),
         "cbis_ddsm": cbis_ddsm.generate(
-            out / cbis_ddsm.ROOT, counts["cbis_ddsm"], factor, keep_full, rngs["cbis_ddsm"], say
+            out / cbis_ddsm.ROOT, counts["cbis_ddsm"], factor, keep_full, rngs["cbis_ddsm"], say, films
         ),
     }
     manifest = {name: report.to_dict(out) for name, report in reports.items()}

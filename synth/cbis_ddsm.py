@@ -14,13 +14,18 @@ whitespace, one full image with two abnormalities (two rows, ids 1 and 2), MONOC
 with WindowCenter/WindowWidth, and one RLE Lossless and one JPEG 2000 Lossless file.  Planted: a 0-byte
 DICOM, a truncated DICOM, a DICOM without pixel data, a row with an unknown pathology and rows whose files
 are missing.
+
+CBIS-DDSM is a curated re-release of DDSM films: given DDSM's :class:`synth.ddsm.Film` s, a share of the
+patients are those cases again (the same pixels, rescaled to 16 bits, under a new patient id), and the
+manifest lists each such pair under ``links`` so tests can check they end up in one split.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +40,8 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from synth.mammogram import Lesion, LesionKind, draw_mammogram, quantize
+from synth.ddsm import Film
+from synth.mammogram import CALCIFICATIONS, Lesion, LesionKind, draw_mammogram, quantize
 from synth.quirks import plant_empty, plant_truncated
 from synth.report import CollectionReport, Progress, shuffled
 
@@ -122,21 +128,29 @@ class Variant:
 
 
 def generate(
-    root: Path, images: int, downscale: float, full_size: int, rng: np.random.Generator, progress: Progress
+    root: Path,
+    images: int,
+    downscale: float,
+    full_size: int,
+    rng: np.random.Generator,
+    progress: Progress,
+    films: Sequence[Film] = (),
 ) -> CollectionReport:
-    """Write ``images`` good full mammograms with their crops, masks and CSV rows under ``root``."""
+    """Write ``images`` good full mammograms with their crops, masks and CSV rows under ``root``; patients
+    whose two slots carry no planted fault or guaranteed quirk may become re-releases of ``films``."""
     report = CollectionReport(root, downscale=downscale)
     slots = [(patient, view) for patient in _patients(images + len(PLANTED), rng) for view in ("CC", "MLO")]
     slots = slots[: images + len(PLANTED)]
     variants = _variants(len(slots), full_size, rng)
+    reissued = _reissue(slots, variants, films)
     rows: dict[tuple[str, str], list[list[str]]] = {
         (kind, split): [] for kind in COLUMNS for split in ("Training", "Test")
     }
     progress(f"{ROOT}: {images} images, {len({patient for patient, _ in slots})} patients")
     done = 0
-    for (patient, view), variant in zip(slots, variants, strict=True):
+    for index, ((patient, view), variant) in enumerate(zip(slots, variants, strict=True)):
         rows[patient.abnormality, patient.split] += _image(
-            root, report, patient, view, variant, downscale, rng
+            root, report, patient, view, variant, downscale, rng, reissued.get(index)
         )
         if variant.planted is None:
             done += 1
@@ -183,6 +197,50 @@ def _patients(images: int, rng: np.random.Generator) -> list[Patient]:
     return patients
 
 
+def _reissue(
+    slots: list[tuple[Patient, str]], variants: list[Variant], films: Sequence[Film]
+) -> dict[int, Film]:
+    """Turn eligible patients into DDSM cases again, in place; returns slot index -> film shown there.
+
+    A DDSM case with both views of one breast abnormal replaces a patient whose CC and MLO slots are good,
+    downscaled and free of guaranteed quirks; the patient keeps its id, split and identity, and takes the
+    case's breast, density, pathology and abnormality type.  Windowing is turned off on those slots so the
+    re-release shows the DDSM film's own contrast, as the real re-release does.
+    """
+    cases: dict[int, list[Film]] = {}
+    for film in films:
+        cases.setdefault(film.case, []).append(film)
+    pairs = [pair for pair in cases.values() if [f.view.split("_")[1] for f in pair] == ["CC", "MLO"]]
+    plain = Variant().transfer_syntax
+    eligible = [
+        i
+        for i in range(0, len(slots) - 1, 2)
+        if slots[i][0] is slots[i + 1][0]
+        and all(
+            v.planted is None and not v.full_size and v.abnormalities == 1 and v.transfer_syntax == plain
+            for v in variants[i : i + 2]
+        )
+    ]
+    shown: dict[int, Film] = {}
+    for first, pair in zip(eligible, pairs, strict=False):
+        lesion = pair[0].lesions[0]
+        abnormality = "calc" if lesion.kind in CALCIFICATIONS else "mass"
+        choices = DESCRIPTORS[abnormality, pair[0].pathology == "MALIGNANT"]
+        patient = replace(
+            slots[first][0],
+            abnormality=abnormality,
+            side=pair[0].view.split("_")[0],
+            density=pair[0].density,
+            pathology=pair[0].pathology,
+            descriptor=next((c for c in choices if c[0] == lesion.kind), choices[0]),
+        )
+        for index, film in zip((first, first + 1), pair, strict=True):
+            slots[index] = (patient, slots[index][1])
+            variants[index] = replace(variants[index], windowed=False, abnormalities=len(film.lesions))
+            shown[index] = film
+    return shown
+
+
 # Quirks every corpus shows at least once, each on its own small good image.
 GUARANTEED: tuple[dict[str, object], ...] = (
     {"abnormalities": 2},
@@ -224,24 +282,29 @@ def _image(
     variant: Variant,
     downscale: float,
     rng: np.random.Generator,
+    film: Film | None = None,
 ) -> list[list[str]]:
-    """Write one full image, its crops and masks; returns its CSV rows."""
-    height, width = (int(rng.integers(*span)) for span in FULL_SIZE)
-    if not variant.full_size:
-        height, width = round(height / downscale), round(width / downscale)
-    spacing = MICRONS / 1000 * (1 if variant.full_size else downscale)
+    """Write one full image (drawn, or ``film`` re-released), its crops and masks; returns its CSV rows."""
     kind, shape_or_type, margins_or_distribution = patient.descriptor
-    subtleties = [int(rng.integers(1, 6)) for _ in range(variant.abnormalities)]
-    pixels, lesions = draw_mammogram(
-        height,
-        width,
-        rng,
-        left=patient.side == "LEFT",
-        mlo=view == "MLO",
-        density=(patient.density - 1) / 3,
-        lesions=[(kind, subtlety) for subtlety in subtleties],
-    )
-    stored = quantize(pixels, 16)
+    if film is None:
+        height, width = (int(rng.integers(*span)) for span in FULL_SIZE)
+        if not variant.full_size:
+            height, width = round(height / downscale), round(width / downscale)
+        spacing = MICRONS / 1000 * (1 if variant.full_size else downscale)
+        subtleties = [int(rng.integers(1, 6)) for _ in range(variant.abnormalities)]
+        pixels, lesions = draw_mammogram(
+            height,
+            width,
+            rng,
+            left=patient.side == "LEFT",
+            mlo=view == "MLO",
+            density=(patient.density - 1) / 3,
+            lesions=[(kind, subtlety) for subtlety in subtleties],
+        )
+        stored = quantize(pixels, 16)
+    else:
+        stored = film.pixels.astype(np.uint16) << (16 - film.bits)
+        spacing, lesions, subtleties = film.microns / 1000, list(film.lesions), list(film.subtleties)
     tree = root / TREE
     folder = patient.folder(view)
     csv_full = f"{folder}/{_uid(rng)}/{_uid(rng)}/000000.dcm"
@@ -267,6 +330,8 @@ def _image(
     else:
         target.write_bytes(_encode(full))
         report.good("malignant" if patient.pathology == "MALIGNANT" else "benign", patient.patient_id)
+        if film is not None:
+            report.link(target, film.path)
         for quirk, applies in (
             ("full_size", variant.full_size),
             ("uid_mismatch", variant.uid_mismatch),

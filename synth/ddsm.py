@@ -7,6 +7,7 @@ study date and age are identifying data readers must drop) and, for each view wi
 ``<view>.OVERLAY`` whose boundary is a start point and a Freeman chain code (0 = north, clockwise to
 7 = north-west).  Sizes and coordinates describe the image as written (downscaled), resolution included.
 In abnormal cases both views of the affected breast carry the lesion.  The case is the patient.
+:func:`generate` also hands back the abnormal films CBIS-DDSM may re-release (:class:`Film`).
 
 Reproduced quirk: one LJPEG's header gives width and height swapped relative to the .ics while its raster
 is the .ics image (reshape to the .ics size, as the classic DDSM tools do).  Planted: a 0-byte LJPEG, a
@@ -15,6 +16,7 @@ truncated LJPEG and an LJPEG whose size contradicts its .ics entirely.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,23 @@ PLANTED = ("empty", "truncated", "size_mismatch")
 CHAIN_CODES = np.array([7, 6, 5, 0, -1, 4, 1, 2, 3])
 
 
+@dataclass(frozen=True)
+class Film:
+    """One good abnormal view as written, for CBIS-DDSM to re-release (it curated DDSM's films)."""
+
+    path: str
+    """Path relative to the DDSM root."""
+    case: int
+    view: str
+    pixels: np.ndarray
+    bits: int
+    microns: float
+    density: int
+    pathology: str
+    lesions: tuple[Lesion, ...]
+    subtleties: tuple[int, ...]
+
+
 @dataclass
 class Abnormality:
     """One overlay abnormality: what to draw and how the overlay describes it."""
@@ -106,10 +125,18 @@ class Case:
 
 
 def generate(
-    root: Path, images: int, downscale: float, full_size: int, rng: np.random.Generator, progress: Progress
+    root: Path,
+    images: int,
+    downscale: float,
+    full_size: int,
+    rng: np.random.Generator,
+    progress: Progress,
+    films: list[Film] | None = None,
+    max_films: int = 0,
 ) -> CollectionReport:
     """Write ``images`` good views (plus planted ones) in cases of four; the first ``full_size`` abnormal
-    views keep a real scan size."""
+    views keep a real scan size.  Up to ``max_films`` good downscaled abnormal views, of cases whose
+    affected views are all good, are appended to ``films`` (pixels kept in memory, so the cap matters)."""
     report = CollectionReport(root, downscale=downscale)
     cases = _cases(images + len(PLANTED), rng)
     slots = [(case, view) for case in cases for view in case.views]
@@ -167,15 +194,49 @@ def generate(
                 "normal" if not abnormalities else "malignant" if case.pathology == "MALIGNANT" else "benign"
             )
             report.good(label, case.stem)
+            # Slots run case by case and a case has at most two abnormal views: a margin of two keeps
+            # the last case whole without holding every film's pixels.
+            wanted = films is not None and len(films) < max_films + 2
+            if wanted and abnormalities and index not in full and index != swapped:
+                films.append(
+                    Film(
+                        report.rel(target),
+                        case.number,
+                        view,
+                        stored,
+                        bits,
+                        microns,
+                        case.density,
+                        str(case.pathology),
+                        tuple(lesions),
+                        tuple(a.subtlety for a in abnormalities),
+                    )
+                )
             done += 1
             if done % 250 == 0:
                 progress(f"{ROOT}: {done}/{images}")
 
+    if films is not None:
+        films[:] = _whole_cases(films, cases, max_films)
     for case in cases:
         sizes = {view: declared[case.number, view] for view in case.views}
         (case.directory(root) / f"{case.stem}.ics").write_text(_ics(case, sizes, rng))
         report.auxiliary += 1
     return report
+
+
+def _whole_cases(films: list[Film], cases: list[Case], limit: int) -> list[Film]:
+    """Films of the first cases whose every abnormal view is among ``films``, at most ``limit`` in all."""
+    affected = {case.number: len(case.abnormal) for case in cases}
+    per_case = Counter(film.case for film in films)
+    chosen: set[int] = set()
+    total = 0
+    for film in films:
+        count = per_case[film.case]
+        if film.case not in chosen and count == affected[film.case] and total + count <= limit:
+            chosen.add(film.case)
+            total += count
+    return [film for film in films if film.case in chosen]
 
 
 def _cases(views: int, rng: np.random.Generator) -> list[Case]:

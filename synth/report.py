@@ -29,6 +29,7 @@ class CollectionReport:
     patients: set[str] = field(default_factory=set)
     planted: list[dict[str, str]] = field(default_factory=list)
     quirks: list[dict[str, str]] = field(default_factory=list)
+    links: list[dict[str, str]] = field(default_factory=list)
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the collection root, the form every manifest entry uses."""
@@ -51,6 +52,10 @@ class CollectionReport:
             entry["note"] = note
         self.quirks.append(entry)
 
+    def link(self, path: Path, ddsm: str) -> None:
+        """Record that the good image at ``path`` re-releases the DDSM film ``ddsm`` (relative to DDSM/)."""
+        self.links.append({"path": self.rel(path), "ddsm": ddsm})
+
     def to_dict(self, out: Path) -> dict[str, Any]:
         """The manifest entry for this collection; ``root`` is relative to the corpus directory ``out``."""
         return {
@@ -62,6 +67,7 @@ class CollectionReport:
             "patients": len(self.patients),
             "downscale": self.downscale,
             "quirks": self.quirks,
+            "links": self.links,
         }
 
 

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from conf import Settings, load_settings
 from jobs import ingest as ingest_job
 from pipelines.io import current_version, merge_into, read_table
+from pipelines.links import HashedImage, find_links
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.tiles import TileOptions, cut_tiles, with_findings
 
@@ -82,6 +83,29 @@ def test_tables_follow_the_contract_and_record_their_config(spark: SparkSession,
     assert recorded["config"]["normalise"]["mammography_height"] == settings.normalise.mammography_height
     mammograms = images.where("modality = 'mammography'").select("height").distinct().collect()
     assert [r["height"] for r in mammograms] == [settings.normalise.mammography_height]
+
+
+def test_cbis_re_releases_of_ddsm_films_are_linked_and_share_a_split(
+    spark: SparkSession, corpus, ingested
+) -> None:
+    settings, _ = ingested
+    _, manifest = corpus
+    rows = read_table(spark, settings.lakehouse.table("images")).collect()
+    by_path = {(r["collection"], r["source_path"]): r for r in rows}
+    links = set(
+        find_links(
+            [HashedImage(r["image_id"], r["collection"], r["phash"], r["view"]) for r in rows],
+            settings.split.link_max_hamming,
+        )
+    )
+    expected = manifest["cbis_ddsm"]["links"]
+    assert expected
+    for link in expected:
+        cbis = by_path["cbis_ddsm", link["path"]]
+        ddsm = by_path["ddsm", link["ddsm"]]
+        assert {(cbis["image_id"], ddsm["image_id"]), (ddsm["image_id"], cbis["image_id"])} & links, link
+        assert cbis["split"] == ddsm["split"], link
+        assert cbis["patient_key"] != ddsm["patient_key"]  # two pseudonyms, one group
 
 
 def test_rerun_adds_nothing_and_commits_nothing(spark: SparkSession, corpus, ingested) -> None:

@@ -499,6 +499,25 @@ def check_planted_dicom(path: Path, kind: str, rows: list[dict[str, str]]) -> No
         assert {row["pathology"] for row in rows} == {"INDETERMINATE"}
 
 
+def test_cbis_ddsm_re_releases_ddsm_films(corpus: tuple[Path, dict]) -> None:
+    out, manifest = corpus
+    links = manifest["cbis_ddsm"]["links"]
+    assert len(links) >= 2  # one patient's CC and MLO
+    for link in links:
+        dicom = pydicom.dcmread(out / "CBIS-DDSM" / link["path"])
+        film = out / "DDSM" / link["ddsm"]
+        ljpeg = imagecodecs.ljpeg_decode(film.read_bytes())
+        view = film.name.split(".")[1]  # RIGHT_MLO
+        ics = next(film.parent.glob("*.ics")).read_text().split()
+        bits = int(ics[ics.index(view) + ics[ics.index(view) :].index("BITS_PER_PIXEL") + 1])
+        shown = dicom.pixel_array
+        if dicom.PhotometricInterpretation == "MONOCHROME1":
+            shown = 65535 - shown
+        assert np.array_equal(shown >> (16 - bits), ljpeg), link
+        assert link["path"].split("/")[1].endswith(view), link
+    assert all(not entry["links"] for name, entry in manifest.items() if name != "cbis_ddsm")
+
+
 def test_deterministic(tmp_path: Path, corpus: tuple[Path, dict]) -> None:
     out, manifest = corpus
     again = synth.generate(tmp_path / "again", images=IMAGES, downscale=16, seed=SEED)
