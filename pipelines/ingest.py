@@ -16,7 +16,9 @@ import pickle
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -25,7 +27,7 @@ from pyspark.sql import types as T
 from conf.schema import NormaliseSettings
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources import SOURCES
-from pipelines.sources.base import ImageRecord, Rejection, Scan
+from pipelines.sources.base import DecodeError, Geometry, ImageRecord, Rejection, Scan
 
 RECORD_SCHEMA = T.StructType(
     [
@@ -170,10 +172,32 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
+def _lesion_mask(
+    reader: ModuleType, root: Path, record: ImageRecord, geometry: Geometry, shape: tuple[int, int]
+) -> np.ndarray | None:
+    """The finding's ROI mask: the first binary candidate of the image's ``shape``, else the first binary
+    one (stretched later, as real masks are sometimes a few pixels off), else None.
+
+    Metadata can name the cropped lesion as the mask (CBIS-DDSM), so the candidates are judged by their
+    pixels, not their names; the mask the metadata names is tried first and is usually right.
+    """
+    fallback = None
+    for path in (geometry.mask_path, *geometry.mask_candidates):
+        try:
+            pixels = reader.decode(root, dataclasses.replace(record, path=str(path))).pixels
+        except (DecodeError, OSError):
+            continue
+        if np.unique(pixels).size > 2:
+            continue
+        if pixels.shape[:2] == shape:
+            return pixels
+        fallback = pixels if fallback is None else fallback
+    return fallback
+
+
 def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
     """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
     from pipelines.normalise import normalise, transform_geometry, transform_mask
-    from pipelines.sources.base import DecodeError, Geometry
     from pipelines.tiling import encode_png, perceptual_hash
 
     base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
@@ -184,15 +208,18 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
         image_id = _file_hash(root / record.path)
         decoded = reader.decode(root, record)
         pixels, transform = normalise(decoded, reader.MODALITY, options.height(reader.MODALITY))
-        findings = []
+        findings, notes = [], list(decoded.notes)
         for index, finding in enumerate(record.findings):
             geometry, mask_png = finding.geometry, None
             if geometry is not None and geometry.kind == "mask":
-                mask_record = dataclasses.replace(record, path=str(geometry.mask_path))
-                mask = reader.decode(root, mask_record).pixels
-                region = transform_mask(mask > 0.5, transform, (decoded.height, decoded.width))
-                mask_png = encode_png(region.astype("uint8") * 255)
-                geometry = Geometry(kind="mask")  # the pixels travel in mask_png; the path may identify
+                mask = _lesion_mask(reader, root, record, geometry, (decoded.height, decoded.width))
+                if mask is None:
+                    notes.append(f"finding {index}: no binary ROI mask among its files; image-level only")
+                    geometry = None
+                else:
+                    region = transform_mask(mask > 0.5, transform, (decoded.height, decoded.width))
+                    mask_png = encode_png(region.astype("uint8") * 255)
+                    geometry = Geometry(kind="mask")  # pixels travel in mask_png; the path may identify
             elif geometry is not None:
                 geometry = transform_geometry(geometry, transform, decoded.width)
             findings.append(
@@ -228,7 +255,7 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
         "pixels": encode_png(pixels),
         "phash": perceptual_hash(pixels),
         "findings": findings,
-        "notes": list(decoded.notes),
+        "notes": notes,
     }
 
 

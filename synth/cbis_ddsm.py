@@ -11,7 +11,8 @@ Each patient contributes the CC and MLO views of one breast; there are no normal
 Reproduced quirks: some images sit under study/series folders whose UIDs differ from the CSV's (reconcile
 by walking the ``Mass-Training_P_00001_LEFT_CC`` folder), ROI paths ending in a newline and other stray
 whitespace, one full image with two abnormalities (two rows, ids 1 and 2), MONOCHROME1 images, images
-with WindowCenter/WindowWidth, and one RLE Lossless and one JPEG 2000 Lossless file.  Planted: a 0-byte
+with WindowCenter/WindowWidth, one RLE Lossless and one JPEG 2000 Lossless file, and an abnormality whose
+crop and ROI mask files are stored the other way round from what the CSV columns say.  Planted: a 0-byte
 DICOM, a truncated DICOM, a DICOM without pixel data, a row with an unknown pathology and rows whose files
 are missing.
 
@@ -125,6 +126,7 @@ class Variant:
     monochrome1: bool = False
     windowed: bool = False
     transfer_syntax: UID = ExplicitVRLittleEndian
+    crop_mask_swapped: bool = False
 
 
 def generate(
@@ -248,6 +250,7 @@ GUARANTEED: tuple[dict[str, object], ...] = (
     {"transfer_syntax": JPEG2000Lossless},
     {"uid_mismatch": True},
     {"monochrome1": True},
+    {"crop_mask_swapped": True},
 )
 
 
@@ -337,6 +340,7 @@ def _image(
             ("uid_mismatch", variant.uid_mismatch),
             ("monochrome1", variant.monochrome1),
             ("two_abnormalities", variant.abnormalities == 2),
+            ("crop_mask_swapped", variant.crop_mask_swapped),
             (str(variant.transfer_syntax.keyword), variant.transfer_syntax != ExplicitVRLittleEndian),
         ):
             if applies:
@@ -389,9 +393,10 @@ def _lesion_files(
         crop = np.ascontiguousarray(stored[top : rows.max() + pad + 1, left : cols.max() + pad + 1])
         plain = Variant()
         (tree / disk_series).mkdir(parents=True, exist_ok=True)
+        names = ("000001.dcm", "000000.dcm") if variant.crop_mask_swapped else ("000000.dcm", "000001.dcm")
         for name, pixels, description in (
-            ("000000.dcm", crop, "cropped images"),
-            ("000001.dcm", mask.astype(np.uint8) * 255, "ROI mask images"),
+            (names[0], crop, "cropped images"),
+            (names[1], mask.astype(np.uint8) * 255, "ROI mask images"),
         ):
             dataset = _dataset(pixels, description, f"{disk_series}/{name}", plain, describe, rng)
             (tree / disk_series / name).write_bytes(_encode(dataset))

@@ -22,6 +22,7 @@ from pipelines.io import current_version, merge_into, read_table
 from pipelines.links import HashedImage, find_links
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.tiles import TileOptions, cut_tiles, with_findings
+from pipelines.tiling import decode_png
 
 SECRET = b"test-secret-5f1e0c"
 TABLES = ("images", "annotations", "quarantine")
@@ -106,6 +107,25 @@ def test_cbis_re_releases_of_ddsm_films_are_linked_and_share_a_split(
         assert {(cbis["image_id"], ddsm["image_id"]), (ddsm["image_id"], cbis["image_id"])} & links, link
         assert cbis["split"] == ddsm["split"], link
         assert cbis["patient_key"] != ddsm["patient_key"]  # two pseudonyms, one group
+
+
+def test_cbis_mask_is_told_from_the_crop_by_its_pixels(spark: SparkSession, corpus, ingested) -> None:
+    settings, _ = ingested
+    _, manifest = corpus
+    swapped = [q["path"] for q in manifest["cbis_ddsm"]["quirks"] if q["kind"] == "crop_mask_swapped"]
+    assert swapped
+    images = read_table(spark, settings.lakehouse.table("images"))
+    annotations = read_table(spark, settings.lakehouse.table("annotations"))
+    rows = (
+        annotations.join(images.select("image_id", "source_path"), "image_id")
+        .where(F.col("source_path").isin(swapped))
+        .collect()
+    )
+    assert rows
+    for row in rows:
+        assert row["geometry_kind"] == "mask"
+        mask = decode_png(row["mask_png"]) > 0
+        assert 0 < mask.mean() < 0.1, mask.mean()  # a lesion, not the stretched crop
 
 
 def test_rerun_adds_nothing_and_commits_nothing(spark: SparkSession, corpus, ingested) -> None:

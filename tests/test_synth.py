@@ -457,17 +457,19 @@ def test_cbis_ddsm(corpus: tuple[Path, dict]) -> None:
         photometrics.add(ds.PhotometricInterpretation)
         if ds.PhotometricInterpretation == "MONOCHROME1":
             pixels = 65535 - pixels
+        swapped = f"CBIS-DDSM/{found[0]}" in quirks(manifest, "cbis_ddsm", "crop_mask_swapped")
+        mask_name, crop_name = ("000000.dcm", "000001.dcm") if swapped else ("000001.dcm", "000000.dcm")
         for row in image_rows:
             mask_path = next(
                 path
                 for path in on_disk
                 if path.split("/")[0] == row["ROI mask file path"].strip().split("/")[0]
-                and path.endswith("000001.dcm")
+                and path.endswith(mask_name)
             )
             mask = pydicom.dcmread(tree / mask_path).pixel_array
             assert mask.shape == pixels.shape and mask.dtype == np.uint8
             assert set(np.unique(mask)) == {0, 255}
-            crop = pydicom.dcmread(tree / mask_path.replace("000001.dcm", "000000.dcm")).pixel_array
+            crop = pydicom.dcmread(tree / mask_path.replace(mask_name, crop_name)).pixel_array
             assert crop.shape[0] < pixels.shape[0] / 2 and crop.shape[1] < pixels.shape[1] / 2
             if row["abnormality type"] == "mass":
                 assert brighter(pixels, mask == 255, 4), f"{csv_path}: mass not under its ROI mask"

@@ -36,7 +36,8 @@ class Geometry:
     """Where a finding is, in pixel coordinates of the decoded image (origin top-left, x right, y down).
 
     ``kind`` is ``circle`` (``x``, ``y``, ``radius``), ``outline`` (``points``, a closed polygon) or
-    ``mask`` (``mask_path``, relative to the collection root, a binary image of the same size).
+    ``mask`` (``mask_path``, relative to the collection root, a binary image of the same size;
+    ``mask_candidates``, other files that may hold the mask when the metadata names the wrong one).
     """
 
     kind: Literal["circle", "outline", "mask"]
@@ -45,11 +46,13 @@ class Geometry:
     radius: float | None = None
     points: tuple[tuple[float, float], ...] = ()
     mask_path: str | None = None
+    mask_candidates: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Geometry:
         """The inverse of ``dataclasses.asdict``, as geometries are stored as JSON in the tables."""
-        return cls(**{**data, "points": tuple(tuple(p) for p in data.get("points") or ())})
+        points = tuple(tuple(p) for p in data.get("points") or ())
+        return cls(**{**data, "points": points, "mask_candidates": tuple(data.get("mask_candidates") or ())})
 
 
 @dataclass(frozen=True)

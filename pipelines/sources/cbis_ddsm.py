@@ -5,7 +5,9 @@ The DICOM tree is ``<Mass|Calc>-<Training|Test>_P_<id>_<LEFT|RIGHT>_<CC|MLO>[_<n
 (the folder with ``_<n>`` holds abnormality n's crop and ROI mask). Real downloads often have other uid
 folders than the CSV, so paths are reconciled on the top folder by walking the tree. CSV values carry
 stray whitespace and newlines; the density column is ``breast_density`` in mass files and ``breast density``
-in calc files. Full mammograms are 16-bit DICOM, some MONOCHROME1, some with a VOI window, some in
+in calc files. The ROI mask and the cropped lesion share a folder and their CSV columns are known to
+name them the wrong way round, so both are kept as mask candidates and the decoder takes the binary one of
+the image's size. Full mammograms are 16-bit DICOM, some MONOCHROME1, some with a VOI window, some in
 compressed transfer syntaxes (decoded by pydicom's pixel-data plugins). Patient names, birth dates and
 study dates inside the DICOMs are never read into records.
 """
@@ -41,6 +43,11 @@ def _clean(value: str | None) -> str:
     return " ".join((value or "").split())
 
 
+def _case_folder(path: str) -> str | None:
+    """``Mass-Training_P_00001_LEFT_CC[_1]``: the part of a path that says which image or abnormality."""
+    return next((part for part in path.split("/") if _FOLDER.match(part)), None)
+
+
 def _top_folder(csv_path: str) -> str:
     return _clean(csv_path).replace("\\", "/").strip("/").split("/")[0]
 
@@ -52,7 +59,7 @@ class _Tree:
         self.by_folder: dict[str, list[str]] = defaultdict(list)
         self.other: list[str] = []
         for path in files:
-            folder = next((part for part in path.split("/") if _FOLDER.match(part)), None)
+            folder = _case_folder(path)
             if folder and path.lower().endswith(".dcm"):
                 self.by_folder[folder].append(path)
             else:
@@ -81,10 +88,14 @@ def _rows(root: Path, files: list[str]) -> list[tuple[str, int, dict[str, str]]]
     return rows
 
 
-def _finding(row: dict[str, str], mask_path: str | None) -> Finding:
+def _finding(row: dict[str, str], tree: _Tree) -> Finding:
     pathology = row["pathology"].upper()
     descriptors = tuple((key.replace(" ", "_"), row[key]) for key in _DESCRIPTORS if row.get(key))
-    geometry = Geometry(kind="mask", mask_path=mask_path) if mask_path else None
+    mask = tree.resolve(row.get("roi mask file path", ""))
+    crop = tree.resolve(row.get("cropped image file path", ""))
+    siblings = tree.by_folder.get(_case_folder(mask) or "", []) if mask else []
+    others = tuple(dict.fromkeys(p for p in (crop, *sorted(siblings)) if p and p != mask))
+    geometry = Geometry(kind="mask", mask_path=mask, mask_candidates=others) if mask else None
     return Finding(label=PATHOLOGY[pathology], subtype=pathology, descriptors=descriptors, geometry=geometry)
 
 
@@ -110,7 +121,7 @@ def scan(root: Path) -> Scan:
         if pathology not in PATHOLOGY:
             problems[image].append(f"{where}: unknown pathology {pathology or '(empty)'!r}")
             continue
-        per_image[image].append(_finding(row, tree.resolve(row.get("roi mask file path", ""))))
+        per_image[image].append(_finding(row, tree))
         context.setdefault(image, row)
     full_images = {
         p for folder, paths in tree.by_folder.items() if not _FOLDER.match(folder)[6] for p in paths
