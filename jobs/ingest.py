@@ -50,9 +50,7 @@ def _image_metadata(frame: DataFrame) -> list[dict]:
     return [row.asDict() for row in frame.select(*columns).collect()]
 
 
-def _splits_for_new(
-    spark: SparkSession, settings: Settings, existing: list[dict], new: list[dict]
-) -> DataFrame:
+def _splits_for_new(settings: Settings, existing: list[dict], new: list[dict]) -> dict[str, str]:
     known = {m["image_id"] for m in existing}
     fresh = {m["image_id"]: m for m in new if m["image_id"] not in known}
     metas = [*existing, *fresh.values()]
@@ -63,8 +61,7 @@ def _splits_for_new(
     images = [
         ImageMeta(m["image_id"], m["collection"], m["patient_key"], m["label"], m.get("split")) for m in metas
     ]
-    assigned = assign_splits(images, links, settings.split.fractions(), settings.split.seed)
-    return spark.createDataFrame(sorted(assigned.items()), "image_id string, split string")
+    return assign_splits(images, links, settings.split.fractions(), settings.split.seed)
 
 
 def run(
@@ -101,7 +98,7 @@ def run(
         settings.normalise.mammography_height, settings.normalise.histology_height
     )
     decoded = ingest.decode_images(todo, roots, options).persist(StorageLevel.MEMORY_AND_DISK)
-    outcome = [r.asDict() for r in decoded.select("collection", "status", "image_id").collect()]
+    outcome = [r.asDict() for r in decoded.select("collection", "status", "image_id", "source_key").collect()]
     print(f"ingest: decoded {len(outcome)} new files", flush=True)
 
     quarantine = ingest.scan_quarantine_rows(
@@ -114,20 +111,31 @@ def run(
 
     existing_meta = _image_metadata(existing_images) if existing_images is not None else []
     new_meta = _image_metadata(decoded.where(F.col("status") == "ok").withColumn("split", F.lit(None)))
-    splits = _splits_for_new(spark, settings, existing_meta, new_meta)
-    merge_into(spark, ingest.image_rows(decoded, splits), images_path, ["image_id"], metadata)
+    fresh_split = _splits_for_new(settings, existing_meta, new_meta)
+    kept: dict[str, str] = {}  # image id -> the file kept for it: identical files are one image
+    for row in sorted(outcome, key=lambda r: r["source_key"]):
+        if row["status"] == "ok":
+            kept.setdefault(row["image_id"], row["source_key"])
+    chosen = spark.createDataFrame(
+        sorted((key, fresh_split[image]) for image, key in kept.items()), "source_key string, split string"
+    )
+    merge_into(spark, ingest.image_rows(decoded, chosen), images_path, ["image_id"], metadata)
     decoded.unpersist()
 
-    all_images = read_table(spark, images_path)
-    final_meta = _image_metadata(all_images)
+    # The leak check runs on exactly the rows the images table now holds: those it held before this run
+    # and the new ones with the splits just merged (re-reading the table would cost a scan of its pixels'
+    # files for the same rows).
+    final_meta = {m["image_id"]: m for m in existing_meta}
+    for meta in new_meta:
+        final_meta.setdefault(meta["image_id"], {**meta, "split": fresh_split[meta["image_id"]]})
     links = find_links(
-        [HashedImage(m["image_id"], m["collection"], m["phash"], m["view"]) for m in final_meta],
+        [HashedImage(m["image_id"], m["collection"], m["phash"], m["view"]) for m in final_meta.values()],
         settings.split.link_max_hamming,
     )
     check_no_leak(
         [
             ImageMeta(m["image_id"], m["collection"], m["patient_key"], m["label"], m["split"])
-            for m in final_meta
+            for m in final_meta.values()
         ],
         links,
     )
@@ -146,9 +154,9 @@ def run(
         else:
             summary.ingested += 1
             inserted.add(row["image_id"])
-    for name, summary in summaries.items():
-        counts = all_images.where(F.col("collection") == name).groupBy("label").count().collect()
-        summary.labels.update({r["label"]: r["count"] for r in counts})
+    for meta in final_meta.values():
+        if meta["collection"] in summaries:
+            summaries[meta["collection"]].labels[meta["label"]] += 1
     return summaries
 
 

@@ -67,6 +67,9 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         "spark.ui.enabled": str(settings.spark.ui).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Rows of images or tiles reach a Python worker in batches of this many: memory stays bounded
+        # whatever the partition size (the default, 10,000 rows, would be gigabytes of pixels).
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
         **_delta_conf(),
     }
     log4j = CONF_DIR / "log4j2.properties"

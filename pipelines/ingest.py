@@ -143,9 +143,14 @@ def record_rows(
     return rows
 
 
-def records_frame(spark: SparkSession, rows: list[tuple], per_partition: int = 16) -> DataFrame:
-    """The scanned records as a DataFrame, spread so each task decodes about ``per_partition`` images."""
-    partitions = max(spark.sparkContext.defaultParallelism, -(-len(rows) // per_partition), 1)
+def records_frame(spark: SparkSession, rows: list[tuple], per_partition: int = 256) -> DataFrame:
+    """The scanned records as a DataFrame: four tasks per core at least (so one task holding a full-size
+    film does not leave a core idle at the end), and at most about ``per_partition`` images per task.
+
+    Each task costs a round trip to a Python worker, so small corpora are not cut finer than that; the
+    decoder yields small batches, so a large task does not hold more decoded images in memory.
+    """
+    partitions = max(4 * spark.sparkContext.defaultParallelism, -(-len(rows) // per_partition), 1)
     return spark.createDataFrame(rows, RECORD_SCHEMA).repartition(partitions, "source_key")
 
 
@@ -259,6 +264,9 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
     }
 
 
+DECODE_BATCH = 16  # decoded images a Python worker holds before handing them to Spark
+
+
 def decode_images(records: DataFrame, roots: Mapping[str, str], options: NormaliseOptions) -> DataFrame:
     """Executors: decode, content-hash and normalise every record.
 
@@ -275,9 +283,11 @@ def decode_images(records: DataFrame, roots: Mapping[str, str], options: Normali
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            rows = [decode_record(row, roots, options) for _, row in batch.iterrows()]
-            # Object columns keep None as None: a quarantined row has no map or struct values to fill.
-            yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
+            records = batch.to_dict("records")
+            for start in range(0, len(records), DECODE_BATCH):
+                rows = [decode_record(row, roots, options) for row in records[start : start + DECODE_BATCH]]
+                # Object columns keep None as None: a quarantined row has no map or struct values to fill.
+                yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
 
     return records.mapInPandas(run, DECODED_SCHEMA)
 
@@ -286,20 +296,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def image_rows(decoded: DataFrame, splits: DataFrame) -> DataFrame:
+def image_rows(decoded: DataFrame, chosen: DataFrame) -> DataFrame:
     """The ``images`` table's rows for newly decoded images, with their (already assigned) split.
 
     Args:
         decoded: :func:`decode_images` output.
-        splits: ``image_id, split`` for every new image.
+        chosen: ``source_key, split``: the one file kept per new content hash (the driver picked it, so
+            no shuffle moves pixels to deduplicate) and the image's split.
 
     Returns:
         Rows in the ``images`` contract of docs/tables.md, one per distinct content hash.
     """
     return (
         decoded.where(F.col("status") == "ok")
-        .dropDuplicates(["image_id"])
-        .join(splits, "image_id")
+        .join(F.broadcast(chosen), "source_key")
         .select(
             "image_id",
             "collection",

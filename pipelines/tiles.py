@@ -72,11 +72,15 @@ def images_to_tile(images: DataFrame, tiles: DataFrame | None) -> DataFrame:
 
 
 def with_findings(images: DataFrame, annotations: DataFrame) -> DataFrame:
-    """Attach each image's findings (label and normalised geometry) as an array column ``findings``."""
+    """Attach each image's findings (label and normalised geometry) as an array column ``findings``.
+
+    The findings are broadcast: they are a few hundred bytes per image (masks are small PNGs), while the
+    images carry their pixels, which a shuffle join would move across the cluster for nothing.
+    """
     findings = annotations.groupBy("image_id").agg(
         F.collect_list(F.struct("label", "geometry_kind", "geometry", "mask_png")).alias("findings")
     )
-    return images.join(findings, "image_id", "left")
+    return images.join(F.broadcast(findings), "image_id", "left")
 
 
 def _tile_id(image_id: str, y: int, x: int, size: int) -> str:
@@ -135,6 +139,9 @@ def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
     ]
 
 
+TILE_BATCH = 16  # images whose tiles a Python worker holds before handing them to Spark
+
+
 def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
     """Executors: cut and label the tiles of every image.
 
@@ -152,7 +159,10 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            rows = [tile for _, row in batch.iterrows() for tile in cut_image(row, options)]
-            yield pd.DataFrame(rows, columns=columns)
+            records = batch.to_dict("records")
+            for start in range(0, len(records), TILE_BATCH):
+                chunk = records[start : start + TILE_BATCH]
+                rows = [tile for row in chunk for tile in cut_image(row, options)]
+                yield pd.DataFrame(rows, columns=columns)
 
     return selected.mapInPandas(run, TILE_SCHEMA)
