@@ -29,6 +29,13 @@ need_debian() {  # need_debian COMMAND PACKAGE
 need_debian java openjdk-17-jre-headless
 need_debian cmake cmake
 need_debian g++ g++
+want_debian() {  # like need_debian, but a non-root machine only hears about it (tests that need it skip)
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then need_debian "$1" "$2"
+  else say "$1 is missing (the registry browser test skips): install $2"; fi
+}
+want_debian chromium chromium                 # headless browser for tests/test_registry_browser.py
+want_debian chromedriver chromium-driver
 
 PYTHON=${PYTHON:-$(command -v python3.11 || true)}
 [[ -n "$PYTHON" ]] || { say "Python 3.11 is required (python3.11 not found)"; exit 1; }

@@ -1,0 +1,143 @@
+"""A real ``oncolake mlflow-server`` on loopback, seeded with one registered model, for the tests.
+
+Imported by tests/test_mlflow_server.py and tests/test_registry_browser.py (a plain module, not a conftest,
+so only the tests that need a server pay for one). The server is started from the job's own pieces
+(``server_plan``, ``start``, ``wait_until_ready``, ``provision_expert``, ``reserve_models``), with a
+lakehouse in a temporary folder and random credentials that exist only in this process and the server's
+environment.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from conf import load_settings
+from jobs.mlflow_server import (
+    Credentials,
+    product_models,
+    provision_expert,
+    reserve_models,
+    server_plan,
+    start,
+    stop,
+    wait_until_ready,
+)
+
+MODEL = "oncolake-test-model"
+ALIAS = "champion"
+METRIC, METRIC_VALUE = "val_auc", 0.8125
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    creds: Credentials
+    log: Path
+    experiment_id: str
+    run_id: str
+    version: str
+    source: str
+    reserved: tuple[str, ...]
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        return self.creds.admin_user, self.creds.admin_password
+
+    @property
+    def expert(self) -> tuple[str, str]:
+        return self.creds.expert_user, self.creds.expert_password
+
+    def api(
+        self, method: str, path: str, auth: tuple[str, str] | None, **kwargs: object
+    ) -> requests.Response:
+        """One REST call (``path`` under /api/2.0/mlflow/) as ``auth``, or anonymously when it is None."""
+        return requests.request(method, f"{self.url}/api/2.0/mlflow/{path}", auth=auth, timeout=30, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ok(response: requests.Response) -> dict:
+    assert response.status_code == 200, f"{response.request.method} {response.url}: {response.text[:500]}"
+    return response.json() if response.content else {}
+
+
+def _seed(url: str, admin: tuple[str, str]) -> tuple[str, str, str, str]:
+    """As the admin: an experiment, a finished run with a metric and a tiny model, version 1 as champion."""
+
+    def call(method: str, path: str, **kwargs: object) -> dict:
+        return _ok(requests.request(method, f"{url}/api/2.0/mlflow/{path}", auth=admin, timeout=30, **kwargs))
+
+    experiment_id = call("POST", "experiments/create", json={"name": "oncolake-test"})["experiment_id"]
+    run = call(
+        "POST", "runs/create", json={"experiment_id": experiment_id, "start_time": int(time.time() * 1000)}
+    )
+    run_id, artifact_uri = run["run"]["info"]["run_id"], run["run"]["info"]["artifact_uri"]
+    metric = {"run_id": run_id, "key": METRIC, "value": METRIC_VALUE, "timestamp": 0, "step": 0}
+    call("POST", "runs/log-metric", json=metric)
+    # The model's files go through the artifact proxy into the lakehouse, like a real logged model's.
+    assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
+    model_path = f"{artifact_uri.removeprefix('mlflow-artifacts:/')}/model/MLmodel"
+    upload = requests.put(
+        f"{url}/api/2.0/mlflow-artifacts/artifacts/{model_path}",
+        data=b"flavors: {}\n",
+        auth=admin,
+        timeout=30,
+    )
+    _ok(upload)
+    call(
+        "POST",
+        "runs/update",
+        json={"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)},
+    )
+    call("POST", "registered-models/create", json={"name": MODEL})
+    source = f"{artifact_uri}/model"
+    version = call("POST", "model-versions/create", json={"name": MODEL, "source": source, "run_id": run_id})
+    number = version["model_version"]["version"]
+    call("POST", "registered-models/alias", json={"name": MODEL, "alias": ALIAS, "version": number})
+    return experiment_id, run_id, number, source
+
+
+def serve(folder: Path) -> Iterator[Server]:
+    """Start a server with a fresh lakehouse under ``folder``, seed it, yield it, stop it."""
+    lakehouse = folder / "lakehouse"
+    creds = Credentials(
+        admin_user="oncolake-admin",
+        admin_password=secrets.token_urlsafe(18),
+        expert_user="radiologist",
+        expert_password=secrets.token_urlsafe(18),
+    )
+    settings = load_settings("tiny", [f"lakehouse.root={lakehouse}"])
+    plan = server_plan(settings, creds, port=free_port(), workers=1)
+    log = folder / "mlflow-server.log"
+    proc = start(plan, log)
+    try:
+        try:
+            wait_until_ready(plan.url, proc, timeout=90)
+            provision_expert(plan.url, creds)
+            reserved = tuple(reserve_models(plan.url, creds, product_models(settings)))
+            seeded = _seed(plan.url, (creds.admin_user, creds.admin_password))
+        except Exception:
+            stop(proc)
+            print(log.read_text()[-5000:])
+            raise
+        yield Server(plan.url, creds, log, *seeded, reserved)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module", name="mlflow_server")
+def server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One seeded server per test module, stopped (with its workers) when the module is done."""
+    yield from serve(tmp_path_factory.mktemp("mlflow-server"))
