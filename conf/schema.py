@@ -7,7 +7,7 @@ job starts instead of silently falling back to a default half-way through a clus
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -120,6 +120,19 @@ class TrainSettings(Section):
     model_prefix: str = "oncolake-"
 
 
+class EvaluateSettings(Section):
+    """Calibration, the decision threshold and the figures, fitted and reported as the issue asks."""
+
+    # How the image-level decision threshold is chosen on the validation split: the highest threshold
+    # reaching ``target_sensitivity`` ("sensitivity"), or the one maximising sensitivity + specificity
+    # ("youden").
+    threshold_rule: Literal["sensitivity", "youden"] = "sensitivity"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)
+    bootstrap_rounds: int = Field(1000, ge=10)
+    # Reports are written under <lakehouse.root>/<reports>/<model name>/v<version>/.
+    reports: str = "reports"
+
+
 class Settings(Section):
     """The whole configuration of a job."""
 
@@ -133,6 +146,7 @@ class Settings(Section):
     tiles: TileSettings = TileSettings()
     split: SplitSettings = SplitSettings()
     train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str = "local"
 

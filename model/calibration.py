@@ -30,14 +30,24 @@ def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logits / temperature, axis=1)
 
 
-def choose_threshold(positive: np.ndarray, scores: np.ndarray, target_sensitivity: float = 0.9) -> float:
-    """The highest threshold on ``scores`` whose sensitivity on the positives reaches the target.
+def choose_threshold(
+    positive: np.ndarray, scores: np.ndarray, rule: str = "sensitivity", target_sensitivity: float = 0.9
+) -> float:
+    """The decision threshold on ``scores`` (flag ``score >= threshold``) by ``rule``.
 
-    Flagging ``score >= threshold`` then finds at least ``target_sensitivity`` of the validation
-    positives while raising as few false alarms as that allows; 0.5 when there are no positives.
+    ``sensitivity``: the highest threshold whose sensitivity on the positives reaches the target, so at
+    least that share of positives is found with as few false alarms as that allows. ``youden``: the
+    threshold maximising sensitivity + specificity. 0.5 when a class is missing.
     """
-    positives = np.sort(scores[positive.astype(bool)])[::-1]
-    if len(positives) == 0:
+    positive = positive.astype(bool)
+    if not positive.any() or positive.all():
         return 0.5
+    if rule == "youden":
+        candidates = np.unique(scores)
+        youden = [(scores[positive] >= t).mean() + (scores[~positive] < t).mean() for t in candidates]
+        return float(candidates[int(np.argmax(youden))])
+    if rule != "sensitivity":
+        raise ValueError(f"unknown threshold rule {rule!r}: expected 'sensitivity' or 'youden'")
+    positives = np.sort(scores[positive])[::-1]
     needed = int(np.ceil(target_sensitivity * len(positives)))
     return float(positives[max(needed, 1) - 1])

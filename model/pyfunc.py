@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
 
@@ -37,16 +36,8 @@ class TileClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        import torch
+        from model.inference import predict_tiles
 
-        from model.data import tile_to_array
-
-        outputs = []
         pixels = list(model_input["pixels"])
-        with torch.no_grad():
-            for start in range(0, len(pixels), self.batch_size):
-                batch = np.stack([tile_to_array(bytes(p)) for p in pixels[start : start + self.batch_size]])
-                logits = self.net(torch.from_numpy(batch)) / self.temperature
-                outputs.append(torch.softmax(logits, dim=1).numpy())
-        probabilities = np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)))
+        probabilities = predict_tiles(self.net, pixels, len(self.classes), self.temperature, self.batch_size)
         return pd.DataFrame(probabilities, columns=[f"p_{c}" for c in self.classes])

@@ -385,8 +385,9 @@ def fit_task(
 def register_best(settings: Any, task: Task, data: TaskData, directory: Path, state: dict[str, Any]) -> str:
     """Calibrate the best epoch on the validation split, log it as the pyfunc model, register the challenger.
 
-    The temperature and the decision threshold (highest one keeping validation sensitivity >= 0.9 on the
-    positive class) are fitted on validation tiles only and recorded on the version; test-split figures and
+    The temperature is fitted on the labelled validation tiles; the decision threshold by the configured
+    rule (``evaluate.threshold_rule``) on validation *image* scores, aggregated from tiles exactly as
+    scoring does, since scoring applies it to images. Both are recorded on the version; test figures and
     the promotion gate belong to evaluation.
     """
     import json
@@ -394,6 +395,8 @@ def register_best(settings: Any, task: Task, data: TaskData, directory: Path, st
     import pyarrow.parquet as pq
     import torch
 
+    from model.evaluation import level_frames, score_split
+    from model.inference import predict_tiles
     from model.networks import build_network
     from model.tracking import log_tile_model, register
 
@@ -402,8 +405,20 @@ def register_best(settings: Any, task: Task, data: TaskData, directory: Path, st
     net.load_state_dict(weights)
     logits, targets = validation_logits(net, data.val_files, task, settings.train.batch_size)
     temperature = fit_temperature(logits, targets)
-    positive = task.classes.index(task.positive)
-    threshold = choose_threshold(targets == positive, calibrated(logits, temperature)[:, positive])
+    rule = settings.evaluate
+    classes, batch = len(task.classes), settings.train.batch_size
+    scores = score_split(
+        data.val_files, task, "val", lambda pixels: predict_tiles(net, pixels, classes, temperature, batch)
+    )
+    images = level_frames(scores, task)["image"]
+    threshold = choose_threshold(
+        images["target"].to_numpy(), images["score"].to_numpy(), rule.threshold_rule, rule.target_sensitivity
+    )
+    described = (
+        f"image-level validation sensitivity >= {rule.target_sensitivity:g} on p_{task.positive}"
+        if rule.threshold_rule == "sensitivity"
+        else f"image-level validation Youden index on p_{task.positive}"
+    )
     example = pq.ParquetFile(data.val_files[0].removeprefix("file:")).read_row_group(0, columns=["pixels"])
     pixels = example["pixels"].to_pylist()[:2]
     info = log_tile_model(weights, settings.train.network, list(task.classes), temperature, pixels)
@@ -415,11 +430,12 @@ def register_best(settings: Any, task: Task, data: TaskData, directory: Path, st
         "best_val_auc": f"{state['best_auc']:.4f}",
         "calibration.temperature": f"{temperature:.4f}",
         "threshold": f"{threshold:.6f}",
-        "threshold.rule": f"validation sensitivity >= 0.9 on p_{task.positive}",
+        "threshold.rule": described,
     }
     description = (
         f"{task.name}: {', '.join(task.classes)} from {data.table}@{data.version} "
         f"(counts {json.dumps(data.counts, sort_keys=True)}); temperature {temperature:.3f} and threshold "
-        f"{threshold:.3f} fitted on the validation split. Research use only; not a diagnostic device."
+        f"{threshold:.3f} ({described}) fitted on the validation split. Research use only; not a "
+        "diagnostic device. Test figures: see the evaluation report."
     )
     return register(info.model_uri, f"{settings.train.model_prefix}{task.name}", tags, description)

@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 from conf import load_settings
 from jobs import ingest as ingest_job
 from model.networks import AlexNetLike, build_network
+from model.registry_evaluation import evaluate_version
 from model.tasks import TASKS
 from model.tracking import use_tracking
 from model.train import fit_task, latest_checkpoint, task_data
@@ -88,6 +89,24 @@ def test_two_horovod_workers_train_from_a_pinned_tiles_version(
     assert list(probabilities.columns) == ["p_benign", "p_malignant"]
     assert ((probabilities.sum(axis=1) - 1).abs() < 1e-5).all()
 
+    # Evaluation of the first version: figures at three levels, a report, and (no champion yet) promotion.
+    first = evaluate_version(spark, settings, task, name, result["version"])
+    table = first["figures"]
+    assert set(table["level"]) == {"tile", "image", "patient"}
+    overall = table[(table["collection"] == "all")].set_index("level")
+    assert (overall[["TP", "TN", "FP", "FN"]].sum(axis=1) == overall["n"]).all()
+    image_level = first["levels"]["image"]
+    assert image_level["image_id"].is_unique and set(image_level["target"]) <= {0, 1}
+    report = first["report"]
+    assert report.is_file() and (report.parent / "report.html").is_file()
+    assert {"roc-image.png", "confusion.png", "curves.png"} <= {p.name for p in report.parent.iterdir()}
+    assert first["decision"].promoted and first["decision"].reason == "no champion yet"
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == result["version"]
+    card = client.get_model_version(name, result["version"]).description
+    assert "Not a diagnostic device" in card and "95%" in card
+    assert any(a.path == "evaluation" for a in client.list_artifacts(result["run_id"]))
+
     # A killed run resumes from its last per-epoch checkpoint: one more epoch, none repeated.
     longer = load_settings(
         "tiny", [f"lakehouse.root={tmp_path}", "spark.master=local[2]", "train.epochs=3", "train.patience=5"]
@@ -97,3 +116,11 @@ def test_two_horovod_workers_train_from_a_pinned_tiles_version(
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][:2] == result["history"]
     assert latest_checkpoint(resumed["checkpoint_dir"]).name == "epoch-003.pt"
+
+    # The resumed run registered a new challenger: the gate re-scores the champion on the same split.
+    second = evaluate_version(spark, longer, task, name, resumed["version"])
+    tags = client.get_model_version(name, resumed["version"]).tags
+    assert tags["promotion.champion_version"] == result["version"]
+    assert tags["promotion.champion_patient_auc"] == f"{first['decision'].challenger_auc:.4f}"  # may be nan
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    assert champion == (resumed["version"] if second["decision"].promoted else result["version"])

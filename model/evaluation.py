@@ -1,0 +1,160 @@
+"""Honest figures for one model on one split: tile, image and patient level, per collection and overall.
+
+The tiles of a split are read from the pinned files of the tiles table (the version the model's lineage
+names), scored in batches (only ids and probabilities are kept), and aggregated to images and patients
+with :func:`model.aggregation.aggregate`, the rule scoring uses. Every level gets the paper's confusion
+figures at the model's recorded threshold and an AUC with a patient-bootstrap 95% interval; a collection
+that cannot have a figure (no normals for normal-vs-abnormal, one class only) says why instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model.aggregation import aggregate
+from model.metrics import auc_with_interval, confusion
+from model.tasks import Task
+
+LEVELS = ("tile", "image", "patient")
+ID_COLUMNS = ["tile_id", "image_id", "patient_key", "collection", "split", "label", "image_label"]
+Predict = Callable[[list[bytes]], np.ndarray]
+
+
+def split_batches(
+    files: Sequence[str], task: Task, split: str, batch_rows: int = 256
+) -> Iterator[pd.DataFrame]:
+    """The split's tiles of the task's collections, ``batch_rows`` at a time, pixels included.
+
+    Every tile of an image counts (normal tissue and unlabelled ones too): image-level scores must see
+    what bulk scoring sees, where no label says which tiles matter.
+    """
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset([f.removeprefix("file:") for f in files], format="parquet")
+    wanted = (ds.field("split") == split) & ds.field("collection").isin(list(task.collections))
+    for batch in dataset.to_batches(columns=[*ID_COLUMNS, "pixels"], filter=wanted, batch_size=batch_rows):
+        if batch.num_rows:
+            yield batch.to_pandas()
+
+
+def score_split(files: Sequence[str], task: Task, split: str, predict: Predict) -> pd.DataFrame:
+    """Tile ids with ``p_<class>`` for every tile of the split (pixels are dropped after scoring)."""
+    parts = []
+    for batch in split_batches(files, task, split):
+        probabilities = predict(list(batch["pixels"]))
+        scored = batch[ID_COLUMNS].copy()
+        for index, name in enumerate(task.classes):
+            scored[f"p_{name}"] = probabilities[:, index]
+        parts.append(scored)
+    columns = [*ID_COLUMNS, *(f"p_{c}" for c in task.classes)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def _positive_target(labels: pd.Series, task: Task) -> pd.Series:
+    positive = task.classes.index(task.positive)
+    return labels.map(task.label_map).eq(positive).astype(int)
+
+
+def level_frames(tiles: pd.DataFrame, task: Task) -> dict[str, pd.DataFrame]:
+    """Per level, rows with ``collection``, ``patient_key``, ``target`` (1 = positive class) and ``score``.
+
+    Tiles: the labelled tiles the task knows. Images: all tiles aggregated; the image label decides the
+    target (images whose label the task does not know are left out). Patients: images aggregated with
+    ``top_k=1`` within a collection (patients are keyed per collection).
+    """
+    score = f"p_{task.positive}"
+    labelled = tiles[tiles["label"].isin(list(task.label_map))]
+    tile_rows = labelled.assign(target=_positive_target(labelled["label"], task), score=labelled[score])
+    images = aggregate(tiles, "image_id", task.classes, task.positive)
+    meta = tiles.drop_duplicates("image_id").set_index("image_id")
+    images = images.join(meta[["collection", "patient_key", "image_label"]], on="image_id")
+    images = images[images["image_label"].isin(list(task.label_map))]
+    images = images.assign(target=_positive_target(images["image_label"], task), score=images[score])
+    keyed = images.assign(patient=images["collection"] + "/" + images["patient_key"])
+    patients = aggregate(keyed, "patient", task.classes, task.positive, top_k=1)
+    truth = keyed.groupby("patient").agg(target=("target", "max"), collection=("collection", "first"))
+    patients = patients.join(truth, on="patient")
+    patients = patients.assign(patient_key=patients["patient"], score=patients[score])
+    columns = ["collection", "patient_key", "target", "score"]
+    return {
+        "tile": tile_rows[["tile_id", *columns]],
+        "image": images[["image_id", *columns]],
+        "patient": patients[["patient", *columns]],
+    }
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of an evaluation table; ``note`` says why a figure is missing."""
+
+    level: str
+    collection: str
+    values: dict[str, Any]
+    note: str = ""
+
+
+def _figures(rows: pd.DataFrame, threshold: float, rounds: int, seed: int) -> dict[str, Any]:
+    targets, scores = rows["target"].to_numpy(), rows["score"].to_numpy()
+    values = confusion(targets, scores >= threshold)
+    values.update(auc_with_interval(targets, scores, rows["patient_key"].to_numpy(), rounds, seed))
+    return values
+
+
+def figures(
+    levels: dict[str, pd.DataFrame], task: Task, threshold: float, rounds: int = 1000, seed: int = 0
+) -> list[Figure]:
+    """The evaluation tables: per level, every collection of the task and ``all``."""
+    table = []
+    for level in LEVELS:
+        rows = levels[level]
+        for collection in [*task.collections, "all"]:
+            subset = rows if collection == "all" else rows[rows["collection"] == collection]
+            if collection != "all":
+                applicable, reason = task.applicable(collection)
+                if not applicable:
+                    table.append(Figure(level, collection, {}, f"not applicable: {reason}"))
+                    continue
+            if subset.empty:
+                table.append(Figure(level, collection, {}, "no rows in this split"))
+                continue
+            values = _figures(subset, threshold, rounds, seed)
+            note = ""
+            if math.isnan(values["auc"]):
+                present = task.positive if subset["target"].all() else f"not {task.positive}"
+                note = f"AUC undefined: only {present} cases in this split"
+            table.append(Figure(level, collection, values, note))
+    return table
+
+
+def subgroup_figures(
+    images: pd.DataFrame, attributes: pd.DataFrame, threshold: float, rounds: int = 200
+) -> list[Figure]:
+    """Image-level figures per value of each subgroup attribute the images have (digitizer, density, …).
+
+    Args:
+        images: the image level of :func:`level_frames`.
+        attributes: ``image_id`` and one column per subgroup (null where an image has none).
+        threshold: the model's threshold.
+        rounds: bootstrap rounds (fewer than the main table: subgroups are many and small).
+    """
+    joined = images.merge(attributes, on="image_id", how="left")
+    table = []
+    for column in [c for c in attributes.columns if c != "image_id"]:
+        for value, subset in joined.dropna(subset=[column]).groupby(column, sort=True):
+            values = _figures(subset, threshold, rounds, seed=0)
+            note = "AUC undefined: one class only" if math.isnan(values["auc"]) else ""
+            table.append(Figure("image", f"{column}={value}", values, note))
+    return table
+
+
+def figures_frame(table: Sequence[Figure]) -> pd.DataFrame:
+    """The figures as one flat frame (for CSV, MLflow and the report)."""
+    return pd.DataFrame(
+        [{"level": f.level, "collection": f.collection, **f.values, "note": f.note} for f in table]
+    )

@@ -1,0 +1,83 @@
+"""The paper's table of figures, and ROC AUC with a confidence interval that respects patients.
+
+Tiles and images of one patient are not independent, so the 95% interval of an AUC comes from a
+bootstrap over patients (resample patients with replacement, keep all their rows), never over rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+BOOTSTRAP_ROUNDS = 1000
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def confusion(targets: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """TP, TN, FP, FN, accuracy, sensitivity, specificity, precision, recall and F1 (positive = 1)."""
+    targets, predicted = np.asarray(targets, bool), np.asarray(predicted, bool)
+    tp, tn = int((targets & predicted).sum()), int((~targets & ~predicted).sum())
+    fp, fn = int((~targets & predicted).sum()), int((targets & ~predicted).sum())
+    sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+    f1 = (
+        2 * precision * sensitivity / (precision + sensitivity)
+        if precision + sensitivity > 0
+        else float("nan")
+    )
+    return {
+        "TP": tp,
+        "TN": tn,
+        "FP": fp,
+        "FN": fn,
+        "accuracy": _ratio(tp + tn, len(targets)),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": precision,
+        "recall": sensitivity,
+        "f1": f1,
+    }
+
+
+def auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for binary ``targets``; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    targets = np.asarray(targets, bool)
+    if targets.all() or not targets.any():
+        return float("nan")
+    return float(roc_auc_score(targets, scores))
+
+
+def auc_with_interval(
+    targets: np.ndarray,
+    scores: np.ndarray,
+    patients: np.ndarray,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AUC and its 95% percentile interval from a bootstrap over ``patients``.
+
+    Rounds whose resample holds a single class are skipped; the interval is NaN when fewer than half the
+    rounds could be scored (too few patients of one class to say anything).
+    """
+    targets, scores, patients = np.asarray(targets, bool), np.asarray(scores, float), np.asarray(patients)
+    point = auc(targets, scores)
+    unique, index = np.unique(patients, return_inverse=True)
+    order, counts = np.argsort(index, kind="stable"), np.bincount(index)
+    members = np.split(order, np.cumsum(counts)[:-1])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        chosen = np.concatenate([members[i] for i in rng.integers(0, len(unique), len(unique))])
+        value = auc(targets[chosen], scores[chosen])
+        if not math.isnan(value):
+            values.append(value)
+    low = high = float("nan")
+    if len(values) >= rounds / 2:
+        low, high = (float(v) for v in np.percentile(values, [2.5, 97.5]))
+    return {"auc": point, "auc_low": low, "auc_high": high, "patients": len(unique), "n": len(targets)}

@@ -1,0 +1,211 @@
+"""Evaluate a registered model version: score its test split, write the report, run the promotion gate.
+
+The version's lineage tags name the tiles table and version it was trained from; its test split is read
+from exactly those files, so the figures can be reproduced by time travel. The report goes to the
+lakehouse and to the version's run; the version's description becomes its model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from model import promotion
+from model.evaluation import figures, figures_frame, level_frames, score_split, subgroup_figures
+from model.report import Report, write_report
+from model.tasks import Task
+from model.train import TaskData, task_data
+
+GRID_TILES = 6  # correct and wrong tiles each in the report's grid
+
+
+def pyfunc_predictor(model_uri: str) -> Any:
+    """``pixels -> probabilities`` through the registered MLflow model (what scoring loads)."""
+    model = mlflow.pyfunc.load_model(model_uri)
+
+    def predict(pixels: list[bytes]) -> np.ndarray:
+        return model.predict(pd.DataFrame({"pixels": pixels})).to_numpy()
+
+    return predict
+
+
+def subgroup_attributes(spark: Any, images_table: str, image_ids: list[str]) -> pd.DataFrame:
+    """``image_id`` with the subgroup columns the images have: magnification, digitizer, density."""
+    from pyspark.sql import functions as F
+
+    from pipelines.io import read_table
+
+    frame = (
+        read_table(spark, images_table)
+        .where(F.col("image_id").isin(image_ids))
+        .select(
+            "image_id",
+            "magnification",
+            F.col("attributes")["digitizer"].alias("digitizer"),
+            F.col("attributes")["density"].alias("density"),
+        )
+        .toPandas()
+    )
+    return frame.dropna(axis=1, how="all")
+
+
+def _grid(files: tuple[str, ...], tiles: pd.DataFrame, task: Task, threshold: float) -> pd.DataFrame:
+    """The most confident correct and wrong labelled test tiles, with their pixels read back."""
+    import pyarrow.dataset as ds
+
+    labelled = tiles[tiles["label"].isin(list(task.label_map))].copy()
+    if labelled.empty:
+        return labelled
+    positive = labelled["label"].map(task.label_map) == task.classes.index(task.positive)
+    score = labelled[f"p_{task.positive}"]
+    labelled["score"] = score
+    labelled["correct"] = (score >= threshold) == positive
+    labelled["confidence"] = (score - threshold).abs()
+    chosen = pd.concat(
+        [
+            labelled[labelled["correct"]].nlargest(GRID_TILES, "confidence"),
+            labelled[~labelled["correct"]].nlargest(GRID_TILES, "confidence"),
+        ]
+    )
+    dataset = ds.dataset([f.removeprefix("file:") for f in files], format="parquet")
+    pixels = dataset.to_table(
+        columns=["tile_id", "pixels"], filter=ds.field("tile_id").isin(list(chosen["tile_id"]))
+    ).to_pandas()
+    return chosen.merge(pixels, on="tile_id")
+
+
+def _history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
+    by_epoch: dict[int, dict[str, float]] = {}
+    for key in ("train_loss", "val_loss", "val_auc"):
+        for metric in client.get_metric_history(run_id, key):
+            by_epoch.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def patient_auc(table: pd.DataFrame) -> float:
+    """The figure the promotion gate compares: patient-level AUC over all the task's collections."""
+    row = table[(table["level"] == "patient") & (table["collection"] == "all")]
+    return float(row["auc"].iloc[0]) if not row.empty and "auc" in row else float("nan")
+
+
+def score_version(
+    model_uri: str, data: TaskData, task: Task, threshold: float, rounds: int
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame]:
+    """Tile scores, level frames and the figures table of one model on ``data``'s test split."""
+    tiles = score_split(data.test_files, task, "test", pyfunc_predictor(model_uri))
+    levels = level_frames(tiles, task)
+    return tiles, levels, figures_frame(figures(levels, task, threshold, rounds))
+
+
+def model_card(task: Task, version: Any, table: pd.DataFrame, settings: Any, decision: Any) -> str:
+    """The version's description: figures with intervals, threshold, lineage, config, intended use."""
+    tags = version.tags
+    lines = [
+        f"# {version.name} v{version.version} ({task.name}: {', '.join(task.classes)})",
+        "",
+        "Intended use: research on public breast-cancer imaging collections. Not a diagnostic device; "
+        "not validated on any clinical population.",
+        "",
+        "## Test figures (patient-bootstrap 95% intervals)",
+        "",
+        "| level | collection | n | AUC (95% CI) | sensitivity | specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        if row["level"] == "tile" or not isinstance(row.get("auc"), float) or math.isnan(row["auc"]):
+            continue
+        lines.append(
+            f"| {row['level']} | {row['collection']} | {int(row['n'])} | {row['auc']:.3f} "
+            f"({row['auc_low']:.3f}–{row['auc_high']:.3f}) | {row['sensitivity']:.3f} | "
+            f"{row['specificity']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Threshold {float(tags.get('threshold', 'nan')):.4f} ({tags.get('threshold.rule', '')}); "
+        f"calibration temperature {tags.get('calibration.temperature', '')} (validation split).",
+        f"Data: {tags.get('lineage.table', '')} version {tags.get('lineage.version', '')}; "
+        f"split by patient, linked re-releases kept together.",
+        f"Training: network {settings.train.network}, {settings.train.epochs} epochs max, "
+        f"batch {settings.train.batch_size}, learning rate {settings.train.learning_rate}, "
+        f"best epoch {tags.get('best_epoch', '')}.",
+        f"Promotion: {decision.tags()['promotion.decision']} ({decision.reason}).",
+    ]
+    if task.warning:
+        lines.append(f"Warning: {task.warning}.")
+    return "\n".join(lines)
+
+
+def evaluate_version(
+    spark: Any, settings: Any, task: Task, name: str, version: str, audit: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Score ``name`` v``version`` on its test split, report it, and run the promotion gate."""
+    client = MlflowClient()
+    registered = client.get_model_version(name, version)
+    tags = registered.tags
+    data = task_data(spark, tags["lineage.table"], int(tags["lineage.version"]), task)
+    threshold = float(tags["threshold"])
+    rounds = settings.evaluate.bootstrap_rounds
+    print(f"evaluate: {name} v{version} on {data.table}@{data.version}, test split", flush=True)
+    tiles, levels, table = score_version(f"models:/{name}/{version}", data, task, threshold, rounds)
+    images = levels["image"]
+    attributes = subgroup_attributes(spark, settings.lakehouse.table("images"), list(images["image_id"]))
+    subgroups = figures_frame(subgroup_figures(images, attributes, threshold, max(10, rounds // 5)))
+
+    champion = promotion.champion_version(name, client)
+    champion_auc = None
+    if champion == str(version):
+        champion_auc = patient_auc(table)
+        decision = promotion.Decision(True, champion_auc, champion, champion_auc, "already the champion")
+    else:
+        if champion is not None:
+            champion_threshold = float(client.get_model_version(name, champion).tags.get("threshold", 0.5))
+            champion_uri = f"models:/{name}/{champion}"
+            *_, champion_table = score_version(champion_uri, data, task, champion_threshold, rounds)
+            champion_auc = patient_auc(champion_table)
+        decision = promotion.decide(patient_auc(table), champion, champion_auc)
+        promotion.record(name, str(version), decision, client)
+
+    folder = Path(settings.lakehouse.root) / settings.evaluate.reports / name / f"v{version}"
+    summary = [
+        f"model {name} version {version}; task {task.name} ({task.positive} is positive)",
+        f"data: {data.table} @ version {data.version}; counts {json.dumps(data.counts, sort_keys=True)}",
+        f"threshold {threshold:.4f} ({tags.get('threshold.rule', '')}); temperature "
+        f"{tags.get('calibration.temperature', '')}",
+        f"promotion: {decision.tags()['promotion.decision']} — {decision.reason} (challenger patient AUC "
+        f"{decision.challenger_auc:.3f}, champion {('v' + champion) if champion else 'none'}"
+        + (f" at {champion_auc:.3f}" if champion_auc is not None else "")
+        + ")",
+    ]
+    notes = [task.warning] if task.warning else []
+    report = Report(
+        title=f"Evaluation of {name} v{version}",
+        summary=summary,
+        figures=table,
+        levels=levels,
+        threshold=threshold,
+        history=_history(client, registered.run_id),
+        subgroups=subgroups,
+        audit=audit,
+        grid=_grid(data.test_files, tiles, task, threshold),
+        notes=notes,
+    )
+    written = write_report(report, folder, (task.classes[0], task.positive))
+    with mlflow.start_run(run_id=registered.run_id):
+        overall = table[table["collection"] == "all"]
+        for _, row in overall.iterrows():
+            for key in ("auc", "auc_low", "auc_high", "sensitivity", "specificity", "accuracy", "f1"):
+                value = row.get(key)
+                if isinstance(value, float) and not math.isnan(value):
+                    mlflow.log_metric(f"test_{row['level']}_{key}", value)
+        for path in written:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+    card = model_card(task, registered, table, settings, decision)
+    client.update_model_version(name, version, description=card)
+    return {"report": folder / "report.md", "figures": table, "decision": decision, "levels": levels}
