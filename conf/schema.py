@@ -118,6 +118,9 @@ class TrainSettings(Section):
     seed: int = 0
     # Registered model names are <model_prefix><task>.
     model_prefix: str = "oncolake-"
+    # Also train each task on a random image-level split (the paper's mistake) and report its figures
+    # beside the real ones, so the inflation is visible. Doubles training time; never registered.
+    leakage_audit: bool = False
 
 
 class EvaluateSettings(Section):

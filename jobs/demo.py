@@ -3,9 +3,11 @@
     oncolake demo [--full] [--config NAME|FILE] [--set key=value ...]
 
 Runs every stage, in order, each as its own job would run it (same options, same Spark session):
-synth -> ingest -> tile -> train (evaluate and score join as they are built). The default size finishes
-in about 15 minutes on two cores; ``--full`` uses the 12,000-image corpus. Re-running skips work that
-is already done.
+synth -> ingest -> tile -> train -> evaluate (scoring joins when it is built). It ends with a
+registered model per task, its report under ``<lakehouse.root>/reports/`` and the promotion decision.
+The default size finishes in about 15 minutes on two cores; ``--full`` uses the 12,000-image corpus.
+Re-running skips the corpus, ingest and tiles already done; training and evaluation run again (a new
+challenger, gated against the champion).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from conf import Settings
 from jobs.options import job_parser, settings_from
 
 # (job module, arguments beyond the shared --config/--set). Later stages join as they are built.
-STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile", "jobs.train"]
+STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile", "jobs.train", "jobs.evaluate"]
 
 
 def _stage_args(stage: str, settings: Settings, full: bool) -> list[str]:

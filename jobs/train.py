@@ -6,13 +6,18 @@
 Tasks (``train.tasks``): mammography normal vs abnormal, mammography benign vs malignant, histology
 benign vs malignant (``paper_all`` is the paper's single model). Each task is one MLflow run with its
 configuration, per-epoch metrics and lineage (tiles table path, version, counts per split and label).
-``--resume RUN_ID`` continues a killed run from its last checkpoint.
+``--resume RUN_ID`` continues a killed run from its last checkpoint. ``--leakage-audit`` (or
+``train.leakage_audit``) also trains each task on a random image-level split, the paper's mistake, and
+records its test figures for the evaluation report (never registered).
 """
 
 from __future__ import annotations
 
+from mlflow import MlflowClient
+
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
+from model.data import SplitRule
 from model.tasks import TASKS
 from model.tracking import use_tracking
 from model.train import fit_task, task_data
@@ -24,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", action="append", choices=sorted(TASKS), help="train only these tasks")
     parser.add_argument(
         "--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint"
+    )
+    parser.add_argument(
+        "--leakage-audit", action="store_true", help="also train on an image-level split, for comparison"
     )
     args = parser.parse_args(argv)
     settings = settings_from(args)
@@ -41,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         result = fit_task(spark, settings, task, data, num_proc, args.resume)
         best = f"best epoch {result['best_epoch']}, validation AUC {result['best_auc']:.3f}"
         print(f"train: {name} run {result['run_id']}: {best}")
+        if args.leakage_audit or settings.train.leakage_audit:
+            split = settings.split
+            audit_data = task_data(spark, tiles, version, task, SplitRule("image", split.train, split.val))
+            print(f"train: {name} leakage audit on an image-level split: {audit_data.counts}", flush=True)
+            audit = fit_task(spark, settings, task, audit_data, num_proc)
+            model = f"{settings.train.model_prefix}{name}"
+            MlflowClient().set_model_version_tag(model, result["version"], "audit.run_id", audit["run_id"])
     return 0
 
 

@@ -11,6 +11,7 @@ decoded, augmented and normalised, so the torch side only sees float tensors and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,44 @@ PIXEL_MEAN, PIXEL_STD = 0.45, 0.25
 
 
 @dataclass(frozen=True)
+class SplitRule:
+    """Which split a tile belongs to: the stored split (by patient, always, for real models), or, for the
+    leakage audit only, a random split by image (what the paper did), drawn from the image's content hash
+    so Spark and pandas agree on it without a table of their own.
+    """
+
+    by: Literal["patient", "image"] = "patient"
+    train: float = 0.6
+    val: float = 0.2
+
+    def _named(self, u: Any, where: Any) -> Any:
+        return where(u < self.train, "train", where(u < self.train + self.val, "val", "test"))
+
+    def of(self, frame: pd.DataFrame) -> pd.Series:
+        """The split of each row of ``frame`` (columns ``split`` and ``image_id``)."""
+        if self.by == "patient":
+            return frame["split"]
+        u = frame["image_id"].str[:8].map(lambda h: int(h, 16)).to_numpy() / 2**32
+        return pd.Series(self._named(u, np.where), index=frame.index)
+
+    def column(self) -> Any:
+        """The same, as a Spark column expression."""
+        from pyspark.sql import functions as F
+
+        if self.by == "patient":
+            return F.col("split")
+        u = F.conv(F.substring("image_id", 1, 8), 16, 10).cast("double") / 2**32
+
+        def when(condition: Any, value: str, otherwise: Any) -> Any:
+            return F.when(condition, value).otherwise(otherwise)
+
+        return self._named(u, when)
+
+
+BY_PATIENT = SplitRule()
+
+
+@dataclass(frozen=True)
 class ReaderSpec:
     """What a worker's transform needs: which split and task, whether to augment, and a seed."""
 
@@ -31,6 +70,7 @@ class ReaderSpec:
     task: Task
     augment: bool
     seed: int = 0
+    rule: SplitRule = BY_PATIENT
 
 
 def tile_to_array(png: bytes, size: int = TILE_SIZE) -> np.ndarray:
@@ -71,7 +111,7 @@ def make_transform(spec: ReaderSpec):
 
     def transform(frame: pd.DataFrame) -> pd.DataFrame:
         keep = (
-            (frame["split"] == spec.split)
+            (spec.rule.of(frame) == spec.split)
             & frame["collection"].isin(list(spec.task.collections))
             & frame["label"].isin(list(spec.task.label_map))
         ).to_numpy()

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from model.aggregation import aggregate
+from model.data import BY_PATIENT, SplitRule
 from model.metrics import auc_with_interval, confusion
 from model.tasks import Task
 
@@ -27,7 +28,7 @@ Predict = Callable[[list[bytes]], np.ndarray]
 
 
 def split_batches(
-    files: Sequence[str], task: Task, split: str, batch_rows: int = 256
+    files: Sequence[str], task: Task, split: str, rule: SplitRule = BY_PATIENT, batch_rows: int = 256
 ) -> Iterator[pd.DataFrame]:
     """The split's tiles of the task's collections, ``batch_rows`` at a time, pixels included.
 
@@ -37,16 +38,22 @@ def split_batches(
     import pyarrow.dataset as ds
 
     dataset = ds.dataset([f.removeprefix("file:") for f in files], format="parquet")
-    wanted = (ds.field("split") == split) & ds.field("collection").isin(list(task.collections))
+    wanted = ds.field("collection").isin(list(task.collections))
+    if rule.by == "patient":
+        wanted = wanted & (ds.field("split") == split)
     for batch in dataset.to_batches(columns=[*ID_COLUMNS, "pixels"], filter=wanted, batch_size=batch_rows):
-        if batch.num_rows:
-            yield batch.to_pandas()
+        frame = batch.to_pandas()
+        frame = frame[rule.of(frame) == split]
+        if len(frame):
+            yield frame
 
 
-def score_split(files: Sequence[str], task: Task, split: str, predict: Predict) -> pd.DataFrame:
+def score_split(
+    files: Sequence[str], task: Task, split: str, predict: Predict, rule: SplitRule = BY_PATIENT
+) -> pd.DataFrame:
     """Tile ids with ``p_<class>`` for every tile of the split (pixels are dropped after scoring)."""
     parts = []
-    for batch in split_batches(files, task, split):
+    for batch in split_batches(files, task, split, rule):
         probabilities = predict(list(batch["pixels"]))
         scored = batch[ID_COLUMNS].copy()
         for index, name in enumerate(task.classes):

@@ -142,9 +142,17 @@ def model_card(task: Task, version: Any, table: pd.DataFrame, settings: Any, dec
     return "\n".join(lines)
 
 
-def evaluate_version(
-    spark: Any, settings: Any, task: Task, name: str, version: str, audit: pd.DataFrame | None = None
-) -> dict[str, Any]:
+def audit_table(client: MlflowClient, run_id: str | None) -> pd.DataFrame | None:
+    """The leakage audit's figures (logged by its training run), marked as image-level split."""
+    if not run_id:
+        return None
+    path = client.download_artifacts(run_id, "audit/figures.csv")
+    table = pd.read_csv(path)
+    table["note"] = ("image-level split (leaky) " + table["note"].fillna("").astype(str)).str.strip()
+    return table
+
+
+def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: str) -> dict[str, Any]:
     """Score ``name`` v``version`` on its test split, report it, and run the promotion gate."""
     client = MlflowClient()
     registered = client.get_model_version(name, version)
@@ -192,7 +200,7 @@ def evaluate_version(
         threshold=threshold,
         history=_history(client, registered.run_id),
         subgroups=subgroups,
-        audit=audit,
+        audit=audit_table(client, tags.get("audit.run_id")),
         grid=_grid(data.test_files, tiles, task, threshold),
         notes=notes,
     )

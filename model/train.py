@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from model.calibration import calibrated, choose_threshold, fit_temperature
-from model.data import IGNORE, ReaderSpec, make_transform, tile_to_array
+from model.data import BY_PATIENT, IGNORE, ReaderSpec, SplitRule, make_transform, tile_to_array
 from model.tasks import Task
 
 
@@ -43,6 +44,7 @@ class TrainPlan:
     seed: int = 0
     reader_workers: int = 2
     resume: bool = False
+    rule: SplitRule = BY_PATIENT
 
     @property
     def steps_per_epoch(self) -> int:
@@ -65,7 +67,7 @@ def latest_checkpoint(directory: str) -> Path | None:
 
 
 def validation_logits(
-    net: Any, files: tuple[str, ...], task: Task, batch_size: int
+    net: Any, files: tuple[str, ...], task: Task, batch_size: int, rule: SplitRule = BY_PATIENT
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and targets over the whole validation split (rank 0 during training; the driver after).
 
@@ -76,10 +78,10 @@ def validation_logits(
     import pyarrow.parquet as pq
     import torch
 
-    columns = ["split", "collection", "label", "pixels"]
+    columns = ["split", "image_id", "collection", "label", "pixels"]
     frame = pq.ParquetDataset([f.removeprefix("file:") for f in files]).read(columns=columns).to_pandas()
     frame = frame[
-        (frame["split"] == "val")
+        (rule.of(frame) == "val")
         & frame["collection"].isin(list(task.collections))
         & frame["label"].isin(list(task.label_map))
     ]
@@ -153,7 +155,7 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
     warmup_steps = max(1, round(plan.warmup_epochs * plan.steps_per_epoch))
 
-    spec = ReaderSpec(split="train", task=plan.task, augment=True, seed=plan.seed * 1000 + rank)
+    spec = ReaderSpec("train", plan.task, augment=True, seed=plan.seed * 1000 + rank, rule=plan.rule)
     with make_batch_reader(
         list(plan.train_files),
         num_epochs=None,
@@ -191,7 +193,9 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
 
             decision = None
             if rank == 0:
-                logits, targets = validation_logits(net, plan.val_files, plan.task, plan.batch_size)
+                logits, targets = validation_logits(
+                    net, plan.val_files, plan.task, plan.batch_size, plan.rule
+                )
                 probabilities = calibrated(logits, 1.0)
                 if len(targets) != plan.val_tiles:
                     raise RuntimeError(
@@ -253,6 +257,7 @@ class TaskData:
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
     test_files: tuple[str, ...]
+    rule: SplitRule = BY_PATIENT
 
     def lineage(self) -> dict[str, Any]:
         return {"table": self.table, "version": self.version, "filter": self.condition, "counts": self.counts}
@@ -266,8 +271,12 @@ def task_condition(task: Task) -> str:
     return condition if task.modality == "any" else f"modality = '{task.modality}' AND {condition}"
 
 
-def task_data(spark: Any, table: str, version: int, task: Task) -> TaskData:
-    """Counts per split and label, and the files holding each split's rows, at ``version``."""
+def task_data(spark: Any, table: str, version: int, task: Task, rule: SplitRule = BY_PATIENT) -> TaskData:
+    """Counts per split and label, and the files holding each split's rows, at ``version``.
+
+    With an image-level ``rule`` (the leakage audit) every split may be in any file, so each split gets
+    all of the task's files and the readers pick their rows by the rule.
+    """
     from pyspark.sql import functions as F
 
     from pipelines.io import files_holding, read_table
@@ -277,16 +286,20 @@ def task_data(spark: Any, table: str, version: int, task: Task) -> TaskData:
     for row in (
         read_table(spark, table, version)
         .where(condition)
-        .groupBy("split", "label")
+        .groupBy(rule.column().alias("split"), "label")
         .agg(F.count("*"))
         .collect()
     ):
         counts.setdefault(row[0], {})[row[1]] = int(row[2])
-    files = {
-        s: tuple(files_holding(spark, table, version, f"{condition} AND split = '{s}'"))
-        for s in ("train", "val", "test")
-    }
-    return TaskData(table, version, condition, counts, files["train"], files["val"], files["test"])
+    if rule.by == "patient":
+        files = {
+            s: tuple(files_holding(spark, table, version, f"{condition} AND split = '{s}'"))
+            for s in ("train", "val", "test")
+        }
+    else:
+        every = tuple(files_holding(spark, table, version, condition))
+        files = dict.fromkeys(("train", "val", "test"), every)
+    return TaskData(table, version, condition, counts, files["train"], files["val"], files["test"], rule)
 
 
 def class_weights(task: Task, train_counts: dict[str, int]) -> tuple[float, ...]:
@@ -335,7 +348,8 @@ def fit_task(
         raise ValueError(
             f"{task.name}: {groups} row groups of training tiles for {num_proc} workers; rewrite tiles"
         )
-    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else task.name) as run:
+    run_name = f"{task.name} leakage audit (image-level split)" if data.rule.by == "image" else task.name
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
         if resume_run_id is None:
             mlflow.log_params(
                 {**flat_params(settings.public_dict()), "task": task.name, "num_proc": num_proc}
@@ -370,6 +384,7 @@ def fit_task(
             seed=train.seed,
             reader_workers=train.reader_workers,
             resume=resume_run_id is not None,
+            rule=data.rule,
         )
         state = run_workers(spark, train_worker, num_proc, (plan,))[0]
         for record in state["history"]:
@@ -378,39 +393,54 @@ def fit_task(
                 {k: v for k, v in record.items() if k != "epoch" and not math.isnan(v)}, step=step
             )
         mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"]})
+        if data.rule.by == "image":  # the leakage audit: figures only, never a registered model
+            table = audit_figures(settings, task, data, directory)
+            with tempfile.TemporaryDirectory() as folder:
+                table.to_csv(Path(folder) / "figures.csv", index=False)
+                mlflow.log_artifact(str(Path(folder) / "figures.csv"), artifact_path="audit")
+            mlflow.set_tag("audit", "image-level split")
+            return {"run_id": run.info.run_id, "checkpoint_dir": str(directory), "version": None, **state}
         version = register_best(settings, task, data, directory, state)
         return {"run_id": run.info.run_id, "checkpoint_dir": str(directory), "version": version, **state}
 
 
-def register_best(settings: Any, task: Task, data: TaskData, directory: Path, state: dict[str, Any]) -> str:
-    """Calibrate the best epoch on the validation split, log it as the pyfunc model, register the challenger.
+@dataclass(frozen=True)
+class Calibrated:
+    """The best epoch's network with its validation-fitted temperature and decision threshold."""
+
+    net: Any
+    weights: dict[str, Any]
+    temperature: float
+    threshold: float
+    rule: str
+
+    def predict(self, classes: int, batch_size: int) -> Any:
+        from model.inference import predict_tiles
+
+        return lambda pixels: predict_tiles(self.net, pixels, classes, self.temperature, batch_size)
+
+
+def calibrate(settings: Any, task: Task, data: TaskData, directory: Path) -> Calibrated:
+    """Load the best epoch and fit its temperature and threshold on the validation split only.
 
     The temperature is fitted on the labelled validation tiles; the decision threshold by the configured
     rule (``evaluate.threshold_rule``) on validation *image* scores, aggregated from tiles exactly as
-    scoring does, since scoring applies it to images. Both are recorded on the version; test figures and
-    the promotion gate belong to evaluation.
+    scoring does, since scoring applies it to images.
     """
-    import json
-
-    import pyarrow.parquet as pq
     import torch
 
     from model.evaluation import level_frames, score_split
-    from model.inference import predict_tiles
     from model.networks import build_network
-    from model.tracking import log_tile_model, register
 
     weights = torch.load(best_path(str(directory)), weights_only=False)["model"]
     net = build_network(settings.train.network, len(task.classes))
     net.load_state_dict(weights)
-    logits, targets = validation_logits(net, data.val_files, task, settings.train.batch_size)
-    temperature = fit_temperature(logits, targets)
-    rule = settings.evaluate
-    classes, batch = len(task.classes), settings.train.batch_size
-    scores = score_split(
-        data.val_files, task, "val", lambda pixels: predict_tiles(net, pixels, classes, temperature, batch)
-    )
+    batch = settings.train.batch_size
+    logits, targets = validation_logits(net, data.val_files, task, batch, data.rule)
+    fitted = Calibrated(net, weights, fit_temperature(logits, targets), 0.5, "")
+    scores = score_split(data.val_files, task, "val", fitted.predict(len(task.classes), batch), data.rule)
     images = level_frames(scores, task)["image"]
+    rule = settings.evaluate
     threshold = choose_threshold(
         images["target"].to_numpy(), images["score"].to_numpy(), rule.threshold_rule, rule.target_sensitivity
     )
@@ -419,9 +449,37 @@ def register_best(settings: Any, task: Task, data: TaskData, directory: Path, st
         if rule.threshold_rule == "sensitivity"
         else f"image-level validation Youden index on p_{task.positive}"
     )
+    return Calibrated(net, weights, fitted.temperature, threshold, described)
+
+
+def audit_figures(settings: Any, task: Task, data: TaskData, directory: Path) -> Any:
+    """The leakage audit's test figures: the image-split model on its own (image-split) test tiles."""
+    from model.evaluation import figures, figures_frame, level_frames, score_split
+
+    fitted = calibrate(settings, task, data, directory)
+    predict = fitted.predict(len(task.classes), settings.train.batch_size)
+    tiles = score_split(data.test_files, task, "test", predict, data.rule)
+    table = figures(level_frames(tiles, task), task, fitted.threshold, settings.evaluate.bootstrap_rounds)
+    return figures_frame(table)
+
+
+def register_best(settings: Any, task: Task, data: TaskData, directory: Path, state: dict[str, Any]) -> str:
+    """Calibrate the best epoch on the validation split, log it as the pyfunc model, register the challenger.
+
+    Temperature and threshold (:func:`calibrate`) are recorded on the version; test figures and the
+    promotion gate belong to evaluation.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    from model.tracking import log_tile_model, register
+
+    fitted = calibrate(settings, task, data, directory)
+    temperature, threshold, described = fitted.temperature, fitted.threshold, fitted.rule
     example = pq.ParquetFile(data.val_files[0].removeprefix("file:")).read_row_group(0, columns=["pixels"])
     pixels = example["pixels"].to_pylist()[:2]
-    info = log_tile_model(weights, settings.train.network, list(task.classes), temperature, pixels)
+    info = log_tile_model(fitted.weights, settings.train.network, list(task.classes), temperature, pixels)
     tags = {
         "task": task.name,
         "lineage.table": data.table,
