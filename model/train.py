@@ -350,6 +350,7 @@ def fit_task(
         )
     run_name = f"{task.name} leakage audit (image-level split)" if data.rule.by == "image" else task.name
     with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
+        print(f"train: {run_name}: MLflow run {run.info.run_id} (if killed: --resume {run.info.run_id})")
         if resume_run_id is None:
             mlflow.log_params(
                 {**flat_params(settings.public_dict()), "task": task.name, "num_proc": num_proc}

@@ -184,3 +184,69 @@ def test_image_level_split_rule_agrees_between_spark_and_pandas(spark: SparkSess
     shares = pd.Series(list(expected.values())).value_counts(normalize=True)
     assert abs(shares["train"] - 0.6) < 0.1 and abs(shares["test"] - 0.2) < 0.1
     assert (SplitRule().of(frame) == "train").all()  # by patient: the stored split, untouched
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(
+    spark: SparkSession, corpus, oncolake, tmp_path: Path
+) -> None:
+    """``oncolake train`` killed (driver, JVM and workers) after its first epoch; ``--resume`` finishes it."""
+    import contextlib
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    out, manifest = corpus
+    lake = tmp_path / "lake"
+    settings = load_settings("tiny", [f"lakehouse.root={lake}", "spark.master=local[2]"])
+    ingest_job.run(spark, settings, {"breakhis": str(out / manifest["breakhis"]["root"])}, b"kill-test")
+    images = read_table(spark, settings.lakehouse.table("images"))
+    tiles = cut_tiles(
+        with_findings(images, read_table(spark, settings.lakehouse.table("annotations"))),
+        TileOptions(224, 224, 0.3, 0.5),
+    )
+    merge_into(spark, tiles.repartition(4), settings.lakehouse.table("tiles"), ["tile_id"])
+    args = ["train", "--config", "tiny", "--task", "histo_benign_vs_malignant"]
+    args += ["--set", f"lakehouse.root={lake}", "--set", "train.epochs=3", "--set", "train.patience=5"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the kill takes the JVM and the workers too
+    )
+    assert process.stdout is not None
+    run_id = None
+    for line in process.stdout:
+        found = re.search(r"--resume (\w+)", line)
+        run_id = found.group(1) if found else run_id
+        if "train: epoch 1/3" in line:
+            # Everything under the driver: Spark's Python workers leave its process group (PySpark's
+            # daemon makes its own), and a surviving Horovod worker would go on writing checkpoints.
+            doomed = psutil.Process(process.pid).children(recursive=True)
+            os.killpg(process.pid, signal.SIGKILL)
+            for child in doomed:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            break
+    process.wait(timeout=120)
+    psutil.wait_procs(doomed, timeout=60)
+    assert run_id is not None
+    checkpoints = lake / "checkpoints" / run_id
+    done = sorted(p.name for p in checkpoints.glob("epoch-*.pt"))
+    assert done and done[0] == "epoch-001.pt" and len(done) < 3
+
+    result = oncolake(*args, "--resume", run_id)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming after epoch {len(done)}" in result.stdout + result.stderr
+    assert sorted(p.name for p in checkpoints.glob("epoch-*.pt")) == [
+        "epoch-001.pt",
+        "epoch-002.pt",
+        "epoch-003.pt",
+    ]
+    use_tracking(settings)
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_auc")]
+    assert sorted(steps) == [1, 2, 3]  # epoch 1 logged once, by the resumed run (no epoch repeated)
