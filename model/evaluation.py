@@ -28,9 +28,10 @@ Predict = Callable[[list[bytes]], np.ndarray]
 
 
 def split_batches(
-    files: Sequence[str], task: Task, split: str, rule: SplitRule = BY_PATIENT, batch_rows: int = 256
+    files: Sequence[str], task: Task, split: str | None, rule: SplitRule = BY_PATIENT, batch_rows: int = 256
 ) -> Iterator[pd.DataFrame]:
-    """The split's tiles of the task's collections, ``batch_rows`` at a time, pixels included.
+    """The split's tiles of the task's collections (every split when ``split`` is None, for external
+    collections), ``batch_rows`` at a time, pixels included.
 
     Every tile of an image counts (normal tissue and unlabelled ones too): image-level scores must see
     what bulk scoring sees, where no label says which tiles matter.
@@ -39,17 +40,18 @@ def split_batches(
 
     dataset = ds.dataset([f.removeprefix("file:") for f in files], format="parquet")
     wanted = ds.field("collection").isin(list(task.collections))
-    if rule.by == "patient":
+    if rule.by == "patient" and split is not None:
         wanted = wanted & (ds.field("split") == split)
     for batch in dataset.to_batches(columns=[*ID_COLUMNS, "pixels"], filter=wanted, batch_size=batch_rows):
         frame = batch.to_pandas()
-        frame = frame[rule.of(frame) == split]
+        if split is not None:
+            frame = frame[rule.of(frame) == split]
         if len(frame):
             yield frame
 
 
 def score_split(
-    files: Sequence[str], task: Task, split: str, predict: Predict, rule: SplitRule = BY_PATIENT
+    files: Sequence[str], task: Task, split: str | None, predict: Predict, rule: SplitRule = BY_PATIENT
 ) -> pd.DataFrame:
     """Tile ids with ``p_<class>`` for every tile of the split (pixels are dropped after scoring)."""
     parts = []

@@ -152,6 +152,23 @@ def audit_table(client: MlflowClient, run_id: str | None) -> pd.DataFrame | None
     return table
 
 
+def external_table(
+    spark: Any, model_uri: str, data: TaskData, task: Task, threshold: float, rounds: int
+) -> pd.DataFrame | None:
+    """Figures on the task's external collections, every split of them (the model never saw any)."""
+    from pipelines.io import files_holding
+
+    if not task.external:
+        return None
+    external = task.on_external()
+    collections = ", ".join(f"'{c}'" for c in external.collections)
+    files = files_holding(spark, data.table, data.version, f"collection IN ({collections})")
+    if not files:
+        return None
+    tiles = score_split(files, external, None, pyfunc_predictor(model_uri))
+    return figures_frame(figures(level_frames(tiles, external), external, threshold, rounds))
+
+
 def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: str) -> dict[str, Any]:
     """Score ``name`` v``version`` on its test split, report it, and run the promotion gate."""
     client = MlflowClient()
@@ -201,6 +218,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         history=_history(client, registered.run_id),
         subgroups=subgroups,
         audit=audit_table(client, tags.get("audit.run_id")),
+        external=external_table(spark, f"models:/{name}/{version}", data, task, threshold, rounds),
         grid=_grid(data.test_files, tiles, task, threshold),
         notes=notes,
     )

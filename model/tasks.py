@@ -7,7 +7,7 @@ warning that the modality alone then predicts much of the label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 MAMMOGRAPHY = ("mias", "ddsm", "cbis_ddsm")
 NO_NORMALS = {
@@ -27,6 +27,12 @@ class Task:
     positive: str
     label_map: dict[str, int] = field(hash=False)
     warning: str | None = None
+    external: tuple[str, ...] = ()
+    """Collections of the same modality kept out of training and evaluated whole (external validation)."""
+
+    def on_external(self) -> Task:
+        """The task as evaluated on its external collections."""
+        return replace(self, collections=self.external, external=())
 
     def applicable(self, collection: str) -> tuple[bool, str]:
         """Whether a collection can have this task's figures, and why not when it cannot."""
@@ -55,6 +61,17 @@ TASKS: dict[str, Task] = {
             ("benign", "malignant"),
             "malignant",
             {"benign": 0, "malignant": 1},
+        ),
+        Task(
+            "mammo_benign_vs_malignant_external",
+            "mammography",
+            ("ddsm", "cbis_ddsm"),
+            ("benign", "malignant"),
+            "malignant",
+            {"benign": 0, "malignant": 1},
+            # MIAS, digitised elsewhere from other films: CBIS-DDSM re-releases DDSM, so neither of those
+            # two could be the external one without sharing images with the training set.
+            external=("mias",),
         ),
         Task(
             "histo_benign_vs_malignant",

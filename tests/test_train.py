@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from conf import load_settings
 from jobs import ingest as ingest_job
 from model.data import SplitRule
 from model.networks import AlexNetLike, build_network
-from model.registry_evaluation import evaluate_version
+from model.registry_evaluation import evaluate_version, external_table
 from model.tasks import TASKS
 from model.tracking import use_tracking
 from model.train import fit_task, latest_checkpoint, task_data
@@ -107,6 +108,12 @@ def test_two_horovod_workers_train_from_a_pinned_tiles_version(
     card = client.get_model_version(name, result["version"]).description
     assert "Not a diagnostic device" in card and "95%" in card
     assert any(a.path == "evaluation" for a in client.list_artifacts(result["run_id"]))
+
+    # External validation reads every split of the external collections (here: BreaKHis as if unseen).
+    unseen = dataclasses.replace(task, collections=(), external=("breakhis",))
+    external = external_table(spark, f"models:/{name}/{result['version']}", data, unseen, 0.5, 20)
+    labelled = sum(n for counts in data.counts.values() for n in counts.values())
+    assert external.set_index(["level", "collection"]).loc[("tile", "all"), "n"] == labelled
 
     # A killed run resumes from its last per-epoch checkpoint: one more epoch, none repeated.
     longer = load_settings(
