@@ -130,14 +130,17 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="oncolake-bench-"))
     master = f"spark.master=local[{args.cores}]"
-    spark = build_spark(load_settings("local", [f"lakehouse.root={work / 'lake-0'}", master]), "bench-ingest")
+    # Read the configuration once: a long run must not pick up edits made to conf/ while it runs.
+    base = load_settings("local", [f"lakehouse.root={work / 'lake-0'}", master])
+    spark = build_spark(base, "bench-ingest")
     figures: dict[str, dict] = {}
     try:
         for size in args.sizes:
             corpus = work / f"corpus-{size}"
             manifest = synth.generate(corpus, images=size, downscale=args.downscale, seed=size)
             roots = {n: str(corpus / e["root"]) for n, e in manifest.items() if isinstance(e, dict)}
-            run_settings = load_settings("local", [f"lakehouse.root={work / f'lake-{size}'}", master])
+            lake = base.lakehouse.model_copy(update={"root": str(work / f"lake-{size}")})
+            run_settings = base.model_copy(update={"lakehouse": lake})
             with PeakMemory() as memory:
                 spark_s = spark_path(spark, run_settings, roots)
             plain_s = baseline(roots, work / f"plain-{size}", args.cores, run_settings)

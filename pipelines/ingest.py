@@ -177,7 +177,7 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def _lesion_mask(
+def lesion_mask(
     reader: ModuleType, root: Path, record: ImageRecord, geometry: Geometry, shape: tuple[int, int]
 ) -> np.ndarray | None:
     """The finding's ROI mask: the first binary candidate of the image's ``shape``, else the first binary
@@ -217,7 +217,7 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
         for index, finding in enumerate(record.findings):
             geometry, mask_png = finding.geometry, None
             if geometry is not None and geometry.kind == "mask":
-                mask = _lesion_mask(reader, root, record, geometry, (decoded.height, decoded.width))
+                mask = lesion_mask(reader, root, record, geometry, (decoded.height, decoded.width))
                 if mask is None:
                     notes.append(f"finding {index}: no binary ROI mask among its files; image-level only")
                     geometry = None

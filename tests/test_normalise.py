@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from pipelines.ingest import lesion_mask
 from pipelines.normalise import Transform, normalise, transform_geometry, transform_mask
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Decoded, DecodeError, Geometry
@@ -208,9 +208,9 @@ def test_synthetic_collections(corpus: tuple[Path, dict]) -> None:
                 assert t.flipped is (record.laterality == "R"), record.path
             for geometry in (f.geometry for f in record.findings if f.geometry is not None):
                 if geometry.kind == "mask":
-                    mask = reader.decode(
-                        root, dataclasses.replace(record, path=str(geometry.mask_path))
-                    ).pixels
+                    # The mask ingest would pick: CBIS-DDSM metadata can name the crop as the mask.
+                    mask = lesion_mask(reader, root, record, geometry, (decoded.height, decoded.width))
+                    assert mask is not None, record.path
                     region = transform_mask(mask > 0.5, t, (decoded.height, decoded.width))
                 else:
                     region = rasterise(transform_geometry(geometry, t, decoded.width), *pixels.shape)
@@ -220,12 +220,8 @@ def test_synthetic_collections(corpus: tuple[Path, dict]) -> None:
     assert checked >= 10
 
 
-def test_large_film_is_fast_enough() -> None:
-    """A full-size DDSM film must not dominate an executor's time (the mask work runs on a thumbnail)."""
-    import time
-
+def test_large_film_normalises_to_the_configured_height() -> None:
+    """A full-size DDSM film (4700 x 3000) goes through the same path; its speed is benchmarks/ingest.py's."""
     film = np.repeat(np.repeat(_mammogram(), 8, axis=0), 8, axis=1)[:4700, :3000]
-    start = time.perf_counter()
     out, t = normalise(_decoded(film), "mammography", 672)
-    assert time.perf_counter() - start < 5.0  # ~0.2 s on one core; generous for loaded CI machines
     assert out.shape[0] == 672 and not t.flipped

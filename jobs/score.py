@@ -1,0 +1,106 @@
+"""Score images in bulk with the registered models as Spark UDFs, incrementally, into ``predictions``.
+
+    oncolake score [--task NAME ...] [--alias champion | --version N] [--dry-run] [--summary-json FILE]
+                   [--config NAME|FILE] [--set k=v ...]
+    spark-submit --py-files dist/oncolake-0.1.0.zip jobs/score.py --config cluster
+
+For each task (``train.tasks``) the version holding ``--alias`` (default ``champion``) of
+``<train.model_prefix><task>`` becomes a Spark UDF (``mlflow.pyfunc.spark_udf``, the model loaded once
+per Python worker); the tiles of every image of the task's modality that this model version has not
+scored yet go through it, are aggregated to one probability per image (the rule evaluation uses), and are
+thresholded with the version's recorded threshold. Rows are MERGEd into the ``predictions`` Delta table
+keyed by image and model version: a re-run adds nothing, a new champion scores everything again under its
+own version, images ingested since the last run are picked up. ``--dry-run`` only counts. Schedule it
+with ``deploy/cron/oncolake-score`` or ``deploy/airflow/oncolake_score.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jobs.options import job_parser, settings_from
+from jobs.session import build_spark
+from model.tasks import TASKS
+from model.tracking import CHAMPION, use_tracking
+from pipelines import scoring
+from pipelines.io import merge_into, read_table, table_exists
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser("oncolake score", __doc__)
+    parser.add_argument("--task", action="append", choices=sorted(TASKS), help="score only these tasks")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--alias", default=CHAMPION, help="use the version holding this alias")
+    which.add_argument("--version", help="use this version number")
+    parser.add_argument("--dry-run", action="store_true", help="count the images that would be scored")
+    parser.add_argument("--summary-json", type=Path, help="write the run's summary as JSON here")
+    args = parser.parse_args(argv)
+    settings = settings_from(args)
+    spark = build_spark(settings, "score")
+    lake = settings.lakehouse
+    if not table_exists(spark, lake.table("tiles")):
+        parser.exit(2, "oncolake score: no tiles table yet: run 'oncolake ingest' and 'oncolake tile'\n")
+    use_tracking(settings)
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    images, tiles = read_table(spark, lake.table("images")), read_table(spark, lake.table("tiles"))
+    path = lake.table("predictions")
+    summary = {"scored": 0, "already_scored": 0, "quarantined": 0, "labels": {}}
+    counts: list[dict] = []
+    for task_name in args.task or settings.train.tasks:
+        task, name = TASKS[task_name], f"{settings.train.model_prefix}{task_name}"
+        try:
+            registered = (
+                client.get_model_version(name, args.version)
+                if args.version
+                else client.get_model_version_by_alias(name, args.alias)
+            )
+        except MlflowException:
+            print(f"score: {name} has no version {args.version or repr(args.alias)}: skipped")
+            continue
+        model = scoring.ScoringModel(
+            name,
+            str(registered.version),
+            None if args.version else args.alias,
+            task.classes,
+            task.positive,
+            float(registered.tags.get("threshold", 0.5)),
+        )
+        predictions = read_table(spark, path) if table_exists(spark, path) else None
+        candidates = images.where(images["modality"] == task.modality) if task.modality != "any" else images
+        candidates = candidates.select("image_id").join(tiles.select("image_id").distinct(), "image_id")
+        todo = scoring.unscored(candidates, predictions, model).cache()
+        total, pending = candidates.count(), todo.count()
+        summary["already_scored"] += total - pending
+        print(f"score: {name} v{model.version}: {pending} images to score, {total - pending} already scored")
+        if args.dry_run or pending == 0:
+            todo.unpersist()
+            continue
+        udf = mlflow.pyfunc.spark_udf(
+            spark, f"models:/{name}/{model.version}", result_type=model.result_type(), env_manager="local"
+        )
+        scored = scoring.score_tiles(tiles.join(todo, "image_id", "left_semi"), udf, model)
+        metadata = {"job": "score", "model": name, "version": model.version, "config": settings.public_dict()}
+        merge_into(spark, scoring.image_predictions(scored, model), path, ["prediction_id"], metadata)
+        todo.unpersist()
+        mine = read_table(spark, path).where(f"model = '{name}' AND version = '{model.version}'")
+        for row in scoring.label_counts(mine):
+            counts.append({"model": name, **row})
+            key = row["predicted_label"]
+            summary["labels"][key] = summary["labels"].get(key, 0) + row["count"]
+        summary["scored"] += pending
+    if counts:
+        print(f"{'model':40}{'collection':>12}{'predicted':>12}{'images':>9}")
+        for row in counts:
+            print(f"{row['model']:40}{row['collection']:>12}{row['predicted_label']:>12}{row['count']:>9}")
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

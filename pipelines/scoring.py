@@ -1,0 +1,138 @@
+"""Bulk scoring: tiles through a registered model's Spark UDF, aggregated to image predictions.
+
+DataFrame in, DataFrame out; the job (``jobs/score.py``) resolves the model and writes the result. The
+tile-to-image rule is :func:`model.aggregation.aggregate`, the one evaluation reports figures with, and
+the decision threshold is the one recorded on the model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+PREDICTION_SCHEMA = T.StructType(
+    [
+        T.StructField("prediction_id", T.StringType(), False),
+        T.StructField("image_id", T.StringType(), False),
+        T.StructField("collection", T.StringType(), False),
+        T.StructField("modality", T.StringType(), False),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("version", T.StringType(), False),
+        T.StructField("alias", T.StringType(), True),
+        T.StructField("probabilities", T.MapType(T.StringType(), T.DoubleType()), False),
+        T.StructField("positive_class", T.StringType(), False),
+        T.StructField("p_positive", T.DoubleType(), False),
+        T.StructField("predicted_label", T.StringType(), False),
+        T.StructField("threshold", T.DoubleType(), False),
+        T.StructField("tiles", T.IntegerType(), False),
+        T.StructField("scored_at", T.TimestampType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """The model version being applied, as plain values (shipped to the executors)."""
+
+    name: str
+    version: str
+    alias: str | None
+    classes: tuple[str, ...]
+    positive: str
+    threshold: float
+
+    def result_type(self) -> str:
+        """The UDF's struct: one ``p_<class>`` double per class."""
+        return ", ".join(f"p_{c} double" for c in self.classes)
+
+
+def prediction_id(image_id: str, model: str, version: str) -> str:
+    """The predictions table's key: one row per image and model version."""
+    return hashlib.sha256("\x1f".join((image_id, model, version)).encode()).hexdigest()[:32]
+
+
+def unscored(images: DataFrame, predictions: DataFrame | None, model: ScoringModel) -> DataFrame:
+    """Images that this model version has not scored yet (re-runs score nothing twice).
+
+    Args:
+        images: rows with ``image_id`` (the images to consider).
+        predictions: the predictions table, or ``None`` before the first run.
+        model: the version being applied; another version of the same model scores everything again.
+
+    Returns:
+        The images still to score.
+    """
+    if predictions is None:
+        return images
+    done = predictions.where((F.col("model") == model.name) & (F.col("version") == model.version))
+    return images.join(done.select("image_id"), "image_id", "left_anti")
+
+
+def score_tiles(tiles: DataFrame, udf: Column, model: ScoringModel) -> DataFrame:
+    """Executors: every tile through the model's UDF (a ``pixels`` struct in, ``p_<class>`` out).
+
+    Args:
+        tiles: rows of the tiles table (``image_id``, ``collection``, ``modality``, ``pixels``).
+        udf: the model as a Spark UDF, built once by the caller.
+        model: the version being applied.
+
+    Returns:
+        ``image_id``, ``collection``, ``modality`` and one ``p_<class>`` column per class.
+    """
+    keys = ["image_id", "collection", "modality"]
+    probabilities = [F.col(f"p.p_{c}").alias(f"p_{c}") for c in model.classes]
+    return tiles.select(*keys, udf(F.struct("pixels")).alias("p")).select(*keys, *probabilities)
+
+
+def image_predictions(tile_scores: DataFrame, model: ScoringModel) -> DataFrame:
+    """Executors: tile scores aggregated per image, thresholded into the predictions table's rows.
+
+    Args:
+        tile_scores: :func:`score_tiles` output.
+        model: the version being applied (threshold, classes, positive class).
+
+    Returns:
+        Rows of :data:`PREDICTION_SCHEMA`.
+    """
+    columns = PREDICTION_SCHEMA.fieldNames()
+
+    def aggregate_image(frame: pd.DataFrame) -> pd.DataFrame:
+        from model.aggregation import aggregate
+
+        row = aggregate(frame, "image_id", model.classes, model.positive).iloc[0]
+        probabilities = {c: float(row[f"p_{c}"]) for c in model.classes}
+        p_positive = probabilities[model.positive]
+        others = {c: p for c, p in probabilities.items() if c != model.positive}
+        negative = max(others, key=others.__getitem__)  # the likeliest other class (binary: the other one)
+        image_id = str(row["image_id"])
+        out = {
+            "prediction_id": prediction_id(image_id, model.name, model.version),
+            "image_id": image_id,
+            "collection": frame["collection"].iloc[0],
+            "modality": frame["modality"].iloc[0],
+            "model": model.name,
+            "version": model.version,
+            "alias": model.alias,
+            "probabilities": probabilities,
+            "positive_class": model.positive,
+            "p_positive": p_positive,
+            "predicted_label": model.positive if p_positive >= model.threshold else negative,
+            "threshold": model.threshold,
+            "tiles": int(row["n"]),
+            "scored_at": datetime.now(UTC),
+        }
+        return pd.DataFrame([out], columns=columns)
+
+    return tile_scores.groupBy("image_id").applyInPandas(aggregate_image, PREDICTION_SCHEMA)
+
+
+def label_counts(predictions: DataFrame) -> list[dict]:
+    """Counts per collection and predicted label, for the job's summary table."""
+    keys = ("collection", "predicted_label")
+    return [row.asDict() for row in predictions.groupBy(*keys).count().orderBy(*keys).collect()]

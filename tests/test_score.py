@@ -1,0 +1,124 @@
+"""Bulk scoring with registered models as Spark UDFs: routing by modality, incremental and idempotent runs,
+a new champion version, and UDF probabilities equal to the model's own output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyspark.sql import SparkSession
+
+from conf import Settings, load_settings
+from jobs import ingest as ingest_job
+from jobs import score as score_job
+from model.aggregation import aggregate
+from model.networks import build_network
+from model.tasks import TASKS
+from model.tracking import CHAMPION, log_tile_model, register, use_tracking
+from pipelines.io import current_version, merge_into, read_table
+from pipelines.tiles import TileOptions, cut_tiles, with_findings
+
+TASK_NAMES = ("histo_benign_vs_malignant", "mammo_normal_vs_abnormal")
+
+
+def _register(settings: Settings, task_name: str, seed: int, example: list[bytes]) -> str:
+    """A real (untrained) network logged and registered as the task's champion: scoring mechanics only."""
+    task = TASKS[task_name]
+    torch.manual_seed(seed)
+    net = build_network(settings.train.network, len(task.classes))
+    with mlflow.start_run(run_name=f"score-test-{task_name}"):
+        info = log_tile_model(net.state_dict(), settings.train.network, list(task.classes), 1.0, example)
+    name = f"{settings.train.model_prefix}{task_name}"
+    version = register(info.model_uri, name, {"threshold": "0.5", "task": task_name}, "scoring test model")
+    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def lake(spark: SparkSession, corpus, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    out, manifest = corpus
+    root = tmp_path_factory.mktemp("score")
+    settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
+    sources = {name: str(out / manifest[name]["root"]) for name in ("breakhis", "mias")}
+    ingest_job.run(spark, settings, sources, b"score-test")
+    images = read_table(spark, settings.lakehouse.table("images"))
+    annotations = read_table(spark, settings.lakehouse.table("annotations"))
+    tiles = cut_tiles(with_findings(images, annotations), TileOptions(224, 224, 0.3, 0.5))
+    merge_into(spark, tiles, settings.lakehouse.table("tiles"), ["tile_id"])
+    use_tracking(settings)
+    example = read_table(spark, settings.lakehouse.table("tiles")).select("pixels").limit(2).toPandas()
+    for task_name in TASK_NAMES:
+        _register(settings, task_name, 0, list(example["pixels"]))
+    return settings
+
+
+def _score(settings: Settings, tmp_path: Path, *extra: str) -> dict:
+    summary = tmp_path / "summary.json"
+    args = ["--config", "tiny", "--set", f"lakehouse.root={settings.lakehouse.root}"]
+    args += [f"--task={t}" for t in TASK_NAMES]
+    assert score_job.main([*args, "--summary-json", str(summary), *extra]) == 0
+    return json.loads(summary.read_text())
+
+
+def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake: Settings, tmp_path) -> None:
+    images = read_table(spark, lake.lakehouse.table("images"))
+    tiled = read_table(spark, lake.lakehouse.table("tiles")).select("image_id").distinct()
+    per_modality = {
+        r["modality"]: r["count"]
+        for r in images.join(tiled, "image_id").groupBy("modality").count().collect()
+    }
+    dry = _score(lake, tmp_path, "--dry-run")
+    assert dry["scored"] == 0 and not Path(lake.lakehouse.table("predictions")).exists()
+
+    first = _score(lake, tmp_path)
+    assert first["scored"] == per_modality["histology"] + per_modality["mammography"]
+    assert sum(first["labels"].values()) == first["scored"]
+    predictions = read_table(spark, lake.lakehouse.table("predictions"))
+    routed = {
+        (r["model"], r["modality"]) for r in predictions.select("model", "modality").distinct().collect()
+    }
+    assert routed == {
+        ("oncolake-histo_benign_vs_malignant", "histology"),
+        ("oncolake-mammo_normal_vs_abnormal", "mammography"),
+    }
+    for row in predictions.collect():
+        assert row["alias"] == CHAMPION and row["threshold"] == 0.5
+        assert (row["predicted_label"] == row["positive_class"]) == (row["p_positive"] >= 0.5)
+
+    version = current_version(spark, lake.lakehouse.table("predictions"))
+    again = _score(lake, tmp_path)
+    assert again["scored"] == 0 and again["already_scored"] == first["scored"]
+    assert current_version(spark, lake.lakehouse.table("predictions")) == version
+
+    # A new champion scores everything again under its own version; the old rows stay.
+    example = read_table(spark, lake.lakehouse.table("tiles")).select("pixels").limit(2).toPandas()
+    new = _register(lake, "histo_benign_vs_malignant", 1, list(example["pixels"]))
+    third = _score(lake, tmp_path)
+    assert third["scored"] == per_modality["histology"]
+    versions = predictions.where("model = 'oncolake-histo_benign_vs_malignant'").groupBy("version").count()
+    histology = per_modality["histology"]
+    assert {r["version"]: r["count"] for r in versions.collect()} == {"1": histology, new: histology}
+
+
+def test_udf_probabilities_equal_the_models_own_output(spark: SparkSession, lake: Settings, tmp_path) -> None:
+    _score(lake, tmp_path)
+    name = "oncolake-mammo_normal_vs_abnormal"
+    predictions = read_table(spark, lake.lakehouse.table("predictions")).where(f"model = '{name}'")
+    row = predictions.orderBy("image_id").first()
+    tiles = (
+        read_table(spark, lake.lakehouse.table("tiles"))
+        .where(f"image_id = '{row['image_id']}'")
+        .select("image_id", "pixels")
+        .toPandas()
+    )
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{row['version']}")
+    own = pd.concat([tiles[["image_id"]], model.predict(tiles[["pixels"]])], axis=1)
+    expected = aggregate(own, "image_id", ("normal", "abnormal"), "abnormal").iloc[0]
+    assert row["tiles"] == len(tiles)
+    assert np.isclose(row["p_positive"], expected["p_abnormal"], atol=1e-6)
+    assert np.isclose(row["probabilities"]["normal"], expected["p_normal"], atol=1e-6)
