@@ -54,87 +54,26 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from common import PeakMemory, build_tiles
 
-import synth
 from conf import load_settings
-from jobs import ingest as ingest_job
 from jobs.session import build_spark
 from model.data import ReaderSpec, make_transform, tile_to_array
 from model.distributed import run_workers
 from model.networks import build_network
 from model.tasks import TASKS, Task
 from model.train import TaskData, TrainPlan, class_weights, next_batch, row_groups, task_data, train_worker
-from pipelines import tiles
-from pipelines.io import current_version, merge_into, read_table, table_exists
-from pipelines.pseudonym import DEMO_SECRET
+from pipelines.io import current_version, table_exists
 
 WARMUP_STEPS = 5
-
-
-class PeakWorkerMemory:
-    """Samples, every 0.5 s, the summed resident memory of this process's Horovod worker processes."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for child in me.children(recursive=True):
-                try:
-                    if "gloo_exec_fn" in " ".join(child.cmdline()):
-                        total += child.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            time.sleep(0.5)
-
-    def __enter__(self) -> PeakWorkerMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def build_tiles(spark, settings, work: Path, args: argparse.Namespace, task: Task) -> float:
-    """Synthetic corpus -> ingest -> tiles table, for the task's collections only. Returns seconds."""
-    started = time.perf_counter()
-    corpus = work / "corpus"
-    manifest = synth.generate(corpus, images=args.images, downscale=args.downscale, seed=args.seed)
-    roots = {
-        name: str(corpus / entry["root"])
-        for name, entry in manifest.items()
-        if isinstance(entry, dict) and name in task.collections
-    }
-    ingest_job.run(spark, settings, roots, DEMO_SECRET)
-    lake = settings.lakehouse
-    images, annotations = (
-        read_table(spark, lake.table("images")),
-        read_table(spark, lake.table("annotations")),
-    )
-    cut = tiles.cut_tiles(
-        tiles.with_findings(images, annotations), tiles.TileOptions.from_settings(settings.tiles)
-    )
-    merge_into(
-        spark, cut.repartition(args.tile_files) if args.tile_files else cut, lake.table("tiles"), ["tile_id"]
-    )
-    shutil.rmtree(corpus)
-    return time.perf_counter() - started
 
 
 def task_rows(files: tuple[str, ...], task: Task, split: str = "train"):
@@ -190,7 +129,7 @@ def make_plan(
 def horovod(spark, plan: TrainPlan, num_proc: int) -> dict:
     """``train_worker`` in ``num_proc`` Horovod workers; images/s per epoch as the workers report it."""
     started = time.perf_counter()
-    with PeakWorkerMemory() as memory:
+    with PeakMemory(lambda cmdline: "gloo_exec_fn" in cmdline) as memory:
         state = run_workers(spark, train_worker, num_proc, (plan,))[0]
     wall = time.perf_counter() - started
     per_epoch = [float(r["images_per_s"]) for r in state["history"]]
@@ -330,7 +269,16 @@ def main() -> None:
         if table_exists(spark, tiles_path):
             print(f"data: reusing the tiles table in {lake_root}", flush=True)
         else:
-            build_s = build_tiles(spark, settings, work, args, task)
+            build_s = build_tiles(
+                spark,
+                settings,
+                work,
+                args.images,
+                args.downscale,
+                args.seed,
+                task.collections,
+                args.tile_files,
+            )
             print(
                 f"data: {args.images} images synthesised, ingested and tiled in {build_s:.0f} s", flush=True
             )

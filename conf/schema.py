@@ -60,6 +60,7 @@ class SynthSettings(Section):
     images: int = Field(400, ge=8)
     downscale: float | None = Field(None, gt=0)
     seed: int = 0
+    landing_images: int = Field(12, ge=0)  # new unlabelled images written to <out>/landing for scoring
 
 
 class NormaliseSettings(Section):

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tile": ("jobs.tile", "cut normalised images into labelled training tiles"),
     "train": ("jobs.train", "train one model per task with Horovod on the Spark executors"),
     "evaluate": ("jobs.evaluate", "score models on their test split, write reports, promote champions"),
+    "land": ("jobs.land", "land new unlabelled images from a folder, normalised and tiled, ready to score"),
     "score": ("jobs.score", "score new images with the champion models into the predictions table"),
     "mlflow-server": ("jobs.mlflow_server", "serve runs and the registry behind a login (MLflow basic auth)"),
     "doctor": ("jobs.doctor", "check the installed stack (Java, Spark, Delta, Horovod, MLflow)"),

@@ -3,11 +3,12 @@
     oncolake demo [--full] [--config NAME|FILE] [--set key=value ...]
 
 Runs every stage, in order, each as its own job would run it (same options, same Spark session):
-synth -> ingest -> tile -> train -> evaluate (scoring joins when it is built). It ends with a
-registered model per task, its report under ``<lakehouse.root>/reports/`` and the promotion decision.
+synth -> ingest -> tile -> train -> evaluate -> score. It ends with a registered model per task, its
+report under ``<lakehouse.root>/reports/`` and the promotion decision, and the champions' predictions
+for the test split and for a landing folder of new unlabelled images (``<synth.out>/landing``).
 The default size finishes in about 15 minutes on two cores; ``--full`` uses the 12,000-image corpus.
 Re-running skips the corpus, ingest and tiles already done; training and evaluation run again (a new
-challenger, gated against the champion).
+challenger, gated against the champion), and scoring scores only what the champions have not scored.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from pathlib import Path
 from conf import Settings
 from jobs.options import job_parser, settings_from
 
-# (job module, arguments beyond the shared --config/--set). Later stages join as they are built.
-STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile", "jobs.train", "jobs.evaluate"]
+STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile", "jobs.train", "jobs.evaluate", "jobs.score"]
 
 
 def _stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
@@ -38,6 +38,9 @@ def _stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
         return [*sources, "--summary-json", f"{summaries}/ingest.json"]
     if stage == "jobs.tile":
         return ["--summary-json", f"{summaries}/tile.json"]
+    if stage == "jobs.score":
+        landing = ["--landing", f"{settings.synth.out}/landing"] if settings.synth.landing_images else []
+        return ["--split", "test", *landing, "--summary-json", f"{summaries}/score.json"]
     return []
 
 

@@ -26,7 +26,7 @@ from pyspark.sql import types as T
 
 from conf.schema import NormaliseSettings
 from pipelines.pseudonym import path_key, pseudonymise
-from pipelines.sources import SOURCES
+from pipelines.sources import READERS
 from pipelines.sources.base import DecodeError, Geometry, ImageRecord, Rejection, Scan
 
 RECORD_SCHEMA = T.StructType(
@@ -126,8 +126,8 @@ def record_rows(
     """
     rows = []
     for collection, scan in scans.items():
-        modality = SOURCES[collection].MODALITY
         for record in scan.records:
+            modality = record.modality or READERS[collection].MODALITY
             key = pseudonymise(secret, collection, record.patient_ref)
             safe = dataclasses.replace(record, patient_ref=key)
             rows.append(
@@ -207,12 +207,13 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
 
     base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
     record: ImageRecord = pickle.loads(row["record"])
-    reader = SOURCES[record.collection]
+    reader = READERS[record.collection]
     root = Path(roots[record.collection])
     try:
         image_id = _file_hash(root / record.path)
         decoded = reader.decode(root, record)
-        pixels, transform = normalise(decoded, reader.MODALITY, options.height(reader.MODALITY))
+        modality = row["modality"]
+        pixels, transform = normalise(decoded, modality, options.height(modality))
         findings, notes = [], list(decoded.notes)
         for index, finding in enumerate(record.findings):
             geometry, mask_png = finding.geometry, None

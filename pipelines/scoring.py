@@ -57,6 +57,34 @@ def prediction_id(image_id: str, model: str, version: str) -> str:
     return hashlib.sha256("\x1f".join((image_id, model, version)).encode()).hexdigest()[:32]
 
 
+def image_sources(
+    tables: list[tuple[DataFrame, DataFrame]], splits: list[str] | None = None
+) -> tuple[DataFrame, DataFrame] | None:
+    """The images to consider and their tiles, over the collections' tables and the landing tables.
+
+    Args:
+        tables: (images, tiles) pairs: ``images``/``tiles`` and ``landing_images``/``landing_tiles``.
+        splits: keep only the collections' images of these splits; landed images (no split) always stay.
+
+    Returns:
+        ``image_id, modality`` of every image with tiles, and ``image_id, collection, modality, pixels``
+        of their tiles; ``None`` when there are no tables yet.
+    """
+    pairs = []
+    for images, tiles in tables:
+        if splits:
+            images = images.where(F.col("split").isin(splits) | F.col("split").isNull())
+        tiles = tiles.select("image_id", "collection", "modality", "pixels")
+        images = images.select("image_id", "modality").join(tiles.select("image_id").distinct(), "image_id")
+        pairs.append((images, tiles.join(images.select("image_id"), "image_id", "left_semi")))
+    if not pairs:
+        return None
+    images, tiles = pairs[0]
+    for more_images, more_tiles in pairs[1:]:
+        images, tiles = images.unionByName(more_images), tiles.unionByName(more_tiles)
+    return images, tiles
+
+
 def unscored(images: DataFrame, predictions: DataFrame | None, model: ScoringModel) -> DataFrame:
     """Images that this model version has not scored yet (re-runs score nothing twice).
 

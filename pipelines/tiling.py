@@ -113,7 +113,7 @@ def tissue_fraction(tile: np.ndarray) -> float:
 def label_tiles(
     image: np.ndarray,
     modality: str,
-    image_label: str,
+    image_label: str | None,
     findings: list[tuple[str, np.ndarray | None]],
     size: int,
     stride: int,
@@ -125,6 +125,7 @@ def label_tiles(
     Rules, in order:
 
     1. a tile whose :func:`tissue_fraction` is below ``min_tissue`` is background and is not returned;
+       a tile of an unlabelled image (the landing zone's, to be scored) has no label (``unlabelled``);
     2. histology: the image label (``whole_image``), since a BreaKHis image is the lesion;
     3. a normal mammogram: ``normal`` (``normal_image``);
     4. an abnormal mammogram: a finding's overlap with a tile is |tile ∩ region| / min(|tile|, |region|),
@@ -137,7 +138,7 @@ def label_tiles(
     Args:
         image: the normalised image, uint8 (H, W) or (H, W, 3).
         modality: ``mammography`` or ``histology``.
-        image_label: the image's label (the most severe of its findings).
+        image_label: the image's label (the most severe of its findings), ``None`` when unlabelled.
         findings: (label, bool region at the image's size, or ``None`` when the finding has no geometry).
         size, stride: the tile grid (see :func:`tile_origins`).
         min_tissue: the tissue fraction below which a tile is background.
@@ -162,7 +163,9 @@ def label_tiles(
         ]
         best = max((overlap for _, overlap in overlaps), default=0.0)
         hits = [label for label, overlap in overlaps if overlap >= overlap_threshold]
-        if modality == "histology":
+        if image_label is None:
+            label, source = None, "unlabelled"
+        elif modality == "histology":
             label, source = image_label, "whole_image"
         elif image_label == "normal":
             label, source = "normal", "normal_image"

@@ -1,9 +1,11 @@
 """Bulk scoring with registered models as Spark UDFs: routing by modality, incremental and idempotent runs,
-a new champion version, and UDF probabilities equal to the model's own output."""
+a new champion version, UDF probabilities equal to the model's own output, and a landing folder of new
+unlabelled images (PNG 8/16-bit, PGM, DICOM) with corrupt and unroutable files quarantined."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydicom.data import get_testdata_file
 from pyspark.sql import SparkSession
 
 from conf import Settings, load_settings
@@ -21,7 +24,9 @@ from model.networks import build_network
 from model.tasks import TASKS
 from model.tracking import CHAMPION, log_tile_model, register, use_tracking
 from pipelines.io import current_version, merge_into, read_table
+from pipelines.sources import landing
 from pipelines.tiles import TileOptions, cut_tiles, with_findings
+from synth import landing as synth_landing
 
 TASK_NAMES = ("histo_benign_vs_malignant", "mammo_normal_vs_abnormal")
 
@@ -122,3 +127,57 @@ def test_udf_probabilities_equal_the_models_own_output(spark: SparkSession, lake
     assert row["tiles"] == len(tiles)
     assert np.isclose(row["p_positive"], expected["p_abnormal"], atol=1e-6)
     assert np.isclose(row["probabilities"]["normal"], expected["p_normal"], atol=1e-6)
+
+
+def test_landing_scan_routes_by_tag_folder_and_default(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    manifest = synth_landing.generate(root, 8, seed=3)
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct-slice.dcm")
+    scan = landing.scan(root)
+    modalities = {r.path: r.modality for r in scan.records}
+    assert modalities["new-0001.dcm"] == "mammography"  # the DICOM Modality tag, no folder
+    assert modalities["histology/new-0003.png"] == "histology"
+    assert {r.path: r.reason.split(" ")[0] for r in scan.rejections} == {
+        "ct-slice.dcm": "DICOM",
+        "mammography/readme.txt": "not",
+        "unsorted.png": "modality",
+    }
+    assert len(scan.records) == manifest["images"] + 1  # and the truncated PNG, for the decoder to refuse
+    with_default = landing.scan(root, "histology")
+    assert {r.path: r.modality for r in with_default.records}["unsorted.png"] == "histology"
+    assert "ct-slice.dcm" in {r.path for r in with_default.rejections}  # a CT slice is never a mammogram
+
+
+def test_landing_folder_is_landed_and_scored_by_modality(
+    spark: SparkSession, lake: Settings, tmp_path
+) -> None:
+    root = tmp_path / "landing"
+    manifest = synth_landing.generate(root, 8, seed=4)
+    first = _score(lake, tmp_path, "--landing", str(root))
+    assert first["quarantined"] == 3  # truncated PNG, a text file, a PNG of unknown modality
+
+    landed = read_table(spark, lake.lakehouse.table("landing_images"))
+    assert landed.count() == manifest["images"]
+    by_modality = {r["modality"]: r["count"] for r in landed.groupBy("modality").count().collect()}
+    assert by_modality == manifest["modalities"]
+    assert landed.where("label IS NOT NULL OR split IS NOT NULL").count() == 0
+    assert landed.where("patient_key LIKE 'DEVICE%'").count() == 0  # DICOM PatientIDs are pseudonymised
+    landing_tiles = read_table(spark, lake.lakehouse.table("landing_tiles"))
+    assert {r["label_source"] for r in landing_tiles.select("label_source").distinct().collect()} == {
+        "unlabelled"
+    }
+
+    predictions = read_table(spark, lake.lakehouse.table("predictions")).join(
+        landed.select("image_id"), "image_id", "left_semi"
+    )
+    routed = {r["model"]: r["count"] for r in predictions.groupBy("model").count().collect()}
+    assert routed == {
+        "oncolake-mammo_normal_vs_abnormal": manifest["modalities"]["mammography"],
+        "oncolake-histo_benign_vs_malignant": manifest["modalities"]["histology"],
+    }
+    quarantine = read_table(spark, lake.lakehouse.table("quarantine")).where("collection = 'landing'")
+    assert {r["path"] for r in quarantine.collect()} == {p["path"] for p in manifest["planted"]}
+
+    again = _score(lake, tmp_path, "--landing", str(root))
+    assert again["scored"] == 0 and again["quarantined"] == 3
+    assert read_table(spark, lake.lakehouse.table("landing_images")).count() == manifest["images"]

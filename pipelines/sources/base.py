@@ -1,6 +1,7 @@
 """The contract between a collection reader and the ingest pipeline.
 
-Each collection module in this package (``breakhis``, ``mias``, ``ddsm``, ``cbis_ddsm``) exposes:
+Each collection module in this package (``breakhis``, ``mias``, ``ddsm``, ``cbis_ddsm``, and ``landing`` for
+new unlabelled images) exposes:
 
 - ``NAME`` (the collection name used in tables and config) and ``MODALITY`` (``histology`` or
   ``mammography``);
@@ -81,10 +82,15 @@ class ImageRecord:
     declared_bit_depth: int | None = None
     pixel_spacing_mm: float | None = None
     attributes: tuple[tuple[str, str], ...] = ()
+    modality: str | None = None
+    """Set by readers whose images differ in modality (the landing zone); else the reader's MODALITY."""
 
     @property
-    def label(self) -> Label:
-        """The image label: the most severe of its findings (malignant > benign > normal)."""
+    def label(self) -> Label | None:
+        """The image label: the most severe of its findings (malignant > benign > normal); ``None`` for an
+        unlabelled image (no findings at all: a new image to score)."""
+        if not self.findings:
+            return None
         return max((f.label for f in self.findings), key=SEVERITY.__getitem__)
 
 

@@ -19,10 +19,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
-from pipelines.sources.base import Decoded, DecodeError, Finding, Geometry, ImageRecord, Rejection, Scan
-from pipelines.sources.files import walk
+from pipelines.sources.base import Decoded, Finding, Geometry, ImageRecord, Rejection, Scan
+from pipelines.sources.files import decode_dicom, walk
 
 NAME = "cbis_ddsm"
 MODALITY = "mammography"
@@ -155,33 +153,4 @@ def scan(root: Path) -> Scan:
 
 
 def decode(root: Path, record: ImageRecord) -> Decoded:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    path = Path(root) / record.path
-    if path.stat().st_size == 0:
-        raise DecodeError("empty file (0 bytes)")
-    try:
-        dataset = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a property of this file
-        raise DecodeError(f"not a readable DICOM file: {exc}") from None
-    if "PixelData" not in dataset:
-        raise DecodeError("DICOM without pixel data")
-    try:
-        stored = dataset.pixel_array
-    except Exception as exc:  # noqa: BLE001 - truncated data, unsupported transfer syntax
-        raise DecodeError(
-            f"pixel data does not decode ({dataset.file_meta.TransferSyntaxUID.name}): {exc}"
-        ) from None
-    if stored.ndim != 2:
-        raise DecodeError(f"expected one grayscale frame, got shape {stored.shape}")
-    values = apply_modality_lut(stored, dataset)
-    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
-        values = apply_voi_lut(values, dataset, prefer_lut=True)
-    values = np.asarray(values, dtype=np.float32)
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        scaled = 1.0 - scaled  # MONOCHROME1: low values are bright
-    bits = int(dataset.get("BitsStored", 16))
-    return Decoded(pixels=scaled, bit_depth=bits, height=stored.shape[0], width=stored.shape[1])
+    return decode_dicom(Path(root) / record.path)

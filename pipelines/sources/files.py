@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.sources.base import DecodeError
+from pipelines.sources.base import Decoded, DecodeError
 
 
 def walk(root: Path) -> list[str]:
@@ -83,3 +83,45 @@ def pgm_size(path: Path) -> tuple[int, int] | None:
         if len(tokens) >= 3:
             return int(tokens[2]), int(tokens[1])
     return None
+
+
+def decode_dicom(path: Path) -> Decoded:
+    """One DICOM image through pydicom and its pixel-data plugins (compressed transfer syntaxes too).
+
+    The modality LUT and then the VOI LUT or window are applied, as a viewer would, and MONOCHROME1 is
+    inverted, so bright always means dense; the result is stretched to [0, 1]. One grayscale frame or one
+    RGB frame (slide microscopy) is accepted; anything else is a decode error.
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if path.stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a property of this file
+        raise DecodeError(f"not a readable DICOM file: {exc}") from None
+    if "PixelData" not in dataset:
+        raise DecodeError("DICOM without pixel data")
+    try:
+        stored = dataset.pixel_array
+    except Exception as exc:  # noqa: BLE001 - truncated data, unsupported transfer syntax
+        raise DecodeError(
+            f"pixel data does not decode ({dataset.file_meta.TransferSyntaxUID.name}): {exc}"
+        ) from None
+    rgb = stored.ndim == 3 and stored.shape[-1] == 3 and int(dataset.get("SamplesPerPixel", 1)) == 3
+    if stored.ndim != 2 and not rgb:
+        raise DecodeError(f"expected one grayscale or RGB frame, got shape {stored.shape}")
+    bits = int(dataset.get("BitsStored", 16))
+    if rgb:
+        scaled = stored.astype(np.float32) / float(2**bits - 1)
+        return Decoded(pixels=scaled, bit_depth=bits, height=stored.shape[0], width=stored.shape[1])
+    values = apply_modality_lut(stored, dataset)
+    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+        values = apply_voi_lut(values, dataset, prefer_lut=True)
+    values = np.asarray(values, dtype=np.float32)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        scaled = 1.0 - scaled  # MONOCHROME1: low values are bright
+    return Decoded(pixels=scaled, bit_depth=bits, height=stored.shape[0], width=stored.shape[1])
