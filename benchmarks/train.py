@@ -23,21 +23,18 @@ Then, on the same training tiles, in the same run, it measures:
     :func:`model.data.tile_to_array` into one tensor: the same network, loss (class weights), optimizer
     (SGD, momentum 0.9, weight decay 1e-4), batch size, ``torch.set_num_threads(cores)`` and number of
     timed steps as ``horovod_1`` (after 5 untimed warm-up steps), and no per-step data work at all.
-``plain_effective_batch``
-    the same at the batch size the Petastorm path really steps: its batches are ``batch_size`` rows of
-    the training files, and the rows of other splits are dropped after reading
-    (:func:`model.train.next_batch`), so they hold fewer training tiles. Its steps are interleaved
-    one by one with ``plain``'s, so both see the same machine load; both are timed once before and once
-    after the Horovod runs and averaged.
+    It is timed once before and once after the Horovod runs and averaged.
 ``petastorm_reader``, ``petastorm_reader_no_augment``
     the data path alone, in this process: the same ``make_batch_reader`` + ``make_transform`` +
-    ``BatchedDataLoader`` + ``next_batch`` calls as ``train_worker`` (one shard), drained as fast as it
+    ``BatchedDataLoader`` + ``task_batches`` calls as ``train_worker`` (one shard), drained as fast as it
     delivers for the same number of batches (after one untimed epoch), with the augmentation that
     ``train_worker`` always applies (:func:`model.data.augment`) and without it.
 
 Besides images/s it records CPU milliseconds per training image (all threads of the process), which a
 load from other processes on the machine disturbs much less than wall time, and from them the ratio to
-expect when compute and data share the cores: ``plain`` / (``plain_effective_batch`` + ``petastorm_reader``).
+expect when compute and data share the cores: ``plain`` / (``plain`` + ``petastorm_reader``). The
+training files also hold other splits' rows, which the reader decodes and ``task_batches`` drops; the
+share of training rows is printed.
 
 It prints one line per measurement, then the ratio ``horovod_1`` / ``plain`` (target >= 0.85: the data
 path, augmentation included, costs under 15%), the other ratios and 2 workers / 1 worker on ``cores``
@@ -70,7 +67,7 @@ from model.data import ReaderSpec, make_transform, tile_to_array
 from model.distributed import run_workers
 from model.networks import build_network
 from model.tasks import TASKS, Task
-from model.train import TaskData, TrainPlan, class_weights, next_batch, row_groups, task_data, train_worker
+from model.train import TaskData, TrainPlan, class_weights, row_groups, task_batches, task_data, train_worker
 from pipelines.io import current_version, table_exists
 
 WARMUP_STEPS = 5
@@ -210,16 +207,15 @@ def petastorm_reader(plan: TrainPlan, steps: int, augment: bool) -> dict:
         workers_count=plan.reader_workers,
         transform_spec=make_transform(spec),
     ) as reader:
-        batches = iter(
-            BatchedDataLoader(
-                reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
-            )
+        loader = BatchedDataLoader(
+            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
         )
+        batches = task_batches(iter(loader), plan.batch_size)
         for _ in range(plan.steps_per_epoch):
-            next_batch(batches)
+            next(batches)
         wall, cpu, seen = time.perf_counter(), time.process_time(), 0
         for _ in range(steps):
-            seen += len(next_batch(batches)[1])
+            seen += len(next(batches)[1])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"images_per_s": seen / wall, "cpu_ms_per_image": 1000 * cpu / seen, "images": seen}
 
@@ -303,10 +299,7 @@ def main() -> None:
         plans = {n: make_plan(args, settings, task, data, n, work, val) for n in args.workers}
         reference = plans[min(args.workers)]
         steps = reference.steps_per_epoch * (args.epochs - 1)
-        sizes = {
-            "plain": reference.batch_size,
-            "plain_effective_batch": max(1, round(fill * reference.batch_size)),
-        }
+        sizes = {"plain": reference.batch_size}
         print(
             f"setup: {len(images)} training tiles decoded once in {decode_s:.1f} s; {steps} timed steps of "
             f"{reference.batch_size} ({reference.network}); Horovod validation on {val[1]} tiles",
@@ -367,9 +360,7 @@ def main() -> None:
         "training_tiles": len(targets),
         "petastorm_training_row_fraction": fill,
         "ratio_horovod_petastorm_vs_plain": one["images_per_s"] / figures["plain"]["images_per_s"],
-        "ratio_horovod_petastorm_vs_plain_effective_batch": one["images_per_s"]
-        / figures["plain_effective_batch"]["images_per_s"],
-        "ratio_expected_from_cpu": cpu["plain"] / (cpu["plain_effective_batch"] + cpu["petastorm_reader"]),
+        "ratio_expected_from_cpu": cpu["plain"] / (cpu["plain"] + cpu["petastorm_reader"]),
         "ratio_2_vs_1_workers": two["images_per_s"] / one["images_per_s"] if two and two is not one else None,
         "images_per_s": {name: f["images_per_s"] for name, f in figures.items()},
         "cpu_ms_per_image": cpu,
@@ -379,7 +370,6 @@ def main() -> None:
     print(
         f"ratio Horovod+Petastorm / plain: {result['ratio_horovod_petastorm_vs_plain']:.2f} "
         "(target >= 0.85); "
-        f"/ plain at the effective batch: {result['ratio_horovod_petastorm_vs_plain_effective_batch']:.2f}; "
         f"expected from CPU ms/image: {result['ratio_expected_from_cpu']:.2f}; 2 / 1 workers: "
         + (f"{two_vs_one:.2f}" if two_vs_one is not None else "n/a"),
         flush=True,

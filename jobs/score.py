@@ -8,7 +8,7 @@
 ``--landing DIR`` first lands the folder's new images (``oncolake land``: decoded, normalised and tiled
 with no label; corrupt files quarantined). Then, for each task (``train.tasks``), the version holding
 ``--alias`` (default ``champion``) of ``<train.model_prefix><task>`` becomes a Spark UDF
-(``mlflow.pyfunc.spark_udf``, the model loaded once per Python worker); the tiles of every image of the
+(:func:`model.udf.tile_udf`, the model loaded once per Python worker); the tiles of every image of the
 task's modality (the collections' images, limited to ``--split`` when given, and every landed image)
 that this model version has not scored yet go through it, are aggregated to one probability per image
 (the rule evaluation uses), and are thresholded with the version's recorded threshold. Rows are MERGEd
@@ -29,6 +29,7 @@ from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
 from model.tasks import TASKS
 from model.tracking import CHAMPION, use_tracking
+from model.udf import tile_udf
 from pipelines import scoring
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.pseudonym import SecretMissing, resolve_secret
@@ -89,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, "oncolake score: nothing to score yet: run 'oncolake ingest' and 'oncolake tile'\n")
     images, tiles = sources
     use_tracking(settings)
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -126,10 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score: {name} v{model.version}: {pending} images to score, {total - pending} already scored")
         if args.dry_run or pending == 0:
             continue
-        udf = mlflow.pyfunc.spark_udf(
-            spark, f"models:/{name}/{model.version}", result_type=model.result_type(), env_manager="local"
-        )
-        scored = scoring.score_tiles(tiles.join(todo, "image_id", "left_semi"), udf, model)
+        udf = tile_udf(spark, f"models:/{name}/{model.version}", model.classes)
+        partitions = scoring.task_count(spark.sparkContext.defaultParallelism, pending)
+        scored = scoring.score_tiles(tiles.join(todo, "image_id", "left_semi"), udf, model, partitions)
         metadata = {"job": "score", "model": name, "version": model.version, "config": settings.public_dict()}
         merge_into(spark, scoring.image_predictions(scored, model), path, ["prediction_id"], metadata)
         mine = read_table(spark, path).where(f"model = '{name}' AND version = '{model.version}'")

@@ -9,11 +9,16 @@ the class names and the calibration temperature travel as artifacts; the code tr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+
+# When set, every model load appends its process id to this file: how an operator (or
+# benchmarks/score.py) checks that Spark's Python workers load the model once each, not once per batch.
+LOAD_LOG_ENV = "ONCOLAKE_MODEL_LOAD_LOG"
 
 
 class TileClassifier(mlflow.pyfunc.PythonModel):
@@ -33,7 +38,17 @@ class TileClassifier(mlflow.pyfunc.PythonModel):
             torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         )
         self.net.eval()
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        try:  # in a Spark task (the scoring UDF): as many threads as the task's cores, not the machine's
+            from pyspark import TaskContext
+
+            task = TaskContext.get()
+        except ImportError:
+            task = None
+        if task is not None:
+            torch.set_num_threads(max(1, task.cpus()))
+        if os.environ.get(LOAD_LOG_ENV):
+            with open(os.environ[LOAD_LOG_ENV], "a") as log:
+                log.write(f"{os.getpid()}\n")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from model.inference import predict_tiles

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,28 @@ def validation_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
     )
 
 
-def next_batch(batches: Any) -> tuple[Any, Any]:
-    """The next batch's task rows; batches holding only other splits' rows are skipped."""
-    while True:
-        batch = next(batches)
+def task_batches(batches: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[Any, Any]]:
+    """Batches of exactly ``size`` task rows, gathered across the reader's batches.
+
+    The reader's batches also carry rows of other splits and collections (marked ``IGNORE`` by the
+    transform), so one of its batches holds fewer task rows than ``size``; rows left over after a batch
+    is full start the next one, so nothing read is lost and ``steps_per_epoch`` full batches cover about
+    every training tile of the shard once.
+    """
+    import torch
+
+    images, targets, have = [], [], 0
+    for batch in batches:
         wanted = batch["target"] != IGNORE
-        if bool(wanted.any()):
-            return batch["image"][wanted], batch["target"][wanted]
+        if not bool(wanted.any()):
+            continue
+        images.append(batch["image"][wanted])
+        targets.append(batch["target"][wanted])
+        have += int(wanted.sum())
+        while have >= size:
+            image, target = torch.cat(images), torch.cat(targets)
+            yield image[:size], target[:size]
+            images, targets, have = [image[size:]], [target[size:]], have - size
 
 
 def train_worker(plan: TrainPlan) -> dict[str, Any]:
@@ -166,11 +182,10 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
         workers_count=plan.reader_workers,
         transform_spec=make_transform(spec),
     ) as reader:
-        batches = iter(
-            BatchedDataLoader(
-                reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
-            )
+        loader = BatchedDataLoader(
+            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
         )
+        batches = task_batches(iter(loader), plan.batch_size)
         for epoch in range(state["epoch"], plan.epochs):
             net.train()
             started, loss_sum, seen = time.monotonic(), 0.0, 0
@@ -178,7 +193,7 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
                 done = epoch * plan.steps_per_epoch + step + 1
                 for group in optimizer.param_groups:
                     group["lr"] = peak_lr * min(1.0, done / warmup_steps)
-                images, targets = next_batch(batches)
+                images, targets = next(batches)
                 optimizer.zero_grad()
                 loss = loss_fn(net(images), targets)
                 loss.backward()

@@ -53,8 +53,9 @@ def snapshot_files(spark: SparkSession, path: str, version: int) -> list[str]:
 def files_holding(spark: SparkSession, path: str, version: int, condition: str) -> list[str]:
     """The files of the table at ``version`` that hold at least one row matching ``condition``.
 
-    Petastorm reads whole files, so narrowing the file list to those that matter (the tiles table is
-    range-partitioned by split) saves reading the other splits; readers still filter rows themselves.
+    Petastorm reads whole files, so narrowing the file list to those that hold matching rows saves
+    reading files that hold none. The tile job writes splits and collections mixed within its files, so
+    most files hold some of every split; readers filter rows themselves.
     """
     rows = read_table(spark, path, version).where(condition).select(F.input_file_name().alias("f")).distinct()
     return sorted(r["f"] for r in rows.collect())

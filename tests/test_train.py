@@ -13,12 +13,12 @@ from pyspark.sql import SparkSession
 
 from conf import load_settings
 from jobs import ingest as ingest_job
-from model.data import SplitRule
+from model.data import IGNORE, SplitRule
 from model.networks import AlexNetLike, build_network
 from model.registry_evaluation import evaluate_version, external_table
 from model.tasks import TASKS
 from model.tracking import use_tracking
-from model.train import fit_task, latest_checkpoint, task_data
+from model.train import fit_task, latest_checkpoint, task_batches, task_data
 from pipelines.io import current_version, merge_into, read_table
 from pipelines.tiles import TileOptions, cut_tiles, with_findings
 
@@ -257,3 +257,16 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
     use_tracking(settings)
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_auc")]
     assert sorted(steps) == [1, 2, 3]  # epoch 1 logged once, by the resumed run (no epoch repeated)
+
+
+def test_task_batches_are_full_and_lose_no_row() -> None:
+    """Reader batches mix in other splits' rows; training steps still get ``size`` task rows each."""
+    rows = torch.arange(40)
+    targets = torch.where(rows % 3 == 0, IGNORE, rows % 2)  # a third of the rows belong elsewhere
+    reader = ({"image": rows[i : i + 8], "target": targets[i : i + 8]} for i in range(0, 40, 8))
+    batches = list(task_batches(reader, 5))
+    assert all(len(images) == len(labels) == 5 for images, labels in batches)
+    kept = torch.cat([images for images, _ in batches])
+    task_rows = rows[targets != IGNORE]
+    assert len(batches) == len(task_rows) // 5
+    assert torch.equal(kept, task_rows[: len(kept)])  # in order, none dropped, none repeated

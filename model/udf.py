@@ -1,0 +1,54 @@
+"""A registered model as a Spark UDF for bulk scoring: tiles' ``pixels`` in, ``p_<class>`` out.
+
+Built with ``pyspark.ml.functions.predict_batch_udf`` around the MLflow model rather than with
+``mlflow.pyfunc.spark_udf``: ``benchmarks/score.py`` measured ``spark_udf`` loading the model once per
+*task* on a local master (its per-worker cache is used only on clusters), while ``predict_batch_udf``
+keeps it once per Python worker (Spark's ``ModelCache``) everywhere, and scored faster on the same tiles
+(docs/benchmarks.md). The model's files are downloaded once on the driver and shipped with
+``SparkContext.addFile``, so executors need no access to the tracking server or its artifact store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import types as T
+
+BATCH_SIZE = 64  # tiles per call to the model: the pyfunc's own inference batch
+
+
+def tile_udf(
+    spark: SparkSession, model_uri: str, classes: Sequence[str], batch_size: int = BATCH_SIZE
+) -> Callable[[Column], Column]:
+    """The model at ``model_uri`` (``models:/<name>/<version>``) as a UDF over a ``pixels`` column or struct.
+
+    Returns:
+        A UDF whose result is a struct of one ``p_<class>`` double per class, calibrated probabilities
+        exactly as the model's own ``predict`` returns them.
+    """
+    import mlflow
+    from pyspark.ml.functions import predict_batch_udf
+
+    folder = Path(tempfile.mkdtemp(prefix="oncolake-model-"))
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
+    spark.sparkContext.addFile(str(local), recursive=True)
+    shipped = local.name
+
+    def make_predict_fn() -> Callable:
+        import mlflow.pyfunc
+        import pandas as pd
+        from pyspark import SparkFiles
+
+        model = mlflow.pyfunc.load_model(SparkFiles.get(shipped))
+
+        def predict(pixels):
+            out = model.predict(pd.DataFrame({"pixels": list(pixels)}))
+            return {column: out[column].to_numpy() for column in out.columns}
+
+        return predict
+
+    result = T.StructType([T.StructField(f"p_{c}", T.DoubleType()) for c in classes])
+    return predict_batch_udf(make_predict_fn, return_type=result, batch_size=batch_size)

@@ -1,0 +1,105 @@
+"""The end-to-end demo on the ``tiny`` profile, as a user runs it, and the notebooks run against its output.
+
+One demo run (its own process and JVMs: synth -> ingest -> tile -> train with 2 Horovod workers ->
+evaluate -> score) in a temporary folder, then checks of what a user is promised at its end: a
+registered model per task with its report, champions, predictions for the test split and the landing
+folder. The three notebooks under ``notebooks/`` are then executed top to bottom with nbclient against
+that lakehouse, so they cannot rot; the executed copies are kept in tests/artifacts/notebooks/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conf import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts" / "notebooks"
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, oncolake) -> Path:
+    """A finished tiny demo; returns its configuration file (what ``ONCOLAKE_CONFIG`` names)."""
+    root = tmp_path_factory.mktemp("demo")
+    config = root / "demo.yaml"
+    config.write_text(
+        f"extends: tiny\nlakehouse:\n  root: {root / 'lakehouse'}\nsynth:\n  out: {root / 'synthetic'}\n"
+    )
+    result = oncolake("demo", "--config", str(config), timeout=1800)
+    log = root / "demo.log"
+    log.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"demo failed; see {log}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert "demo: done" in result.stdout
+    return config
+
+
+def test_demo_ends_with_champions_reports_and_predictions(demo: Path, spark) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.io import read_table
+
+    settings = load_settings(str(demo))
+    lake = settings.lakehouse
+    summaries = Path(lake.root) / "_summaries"
+    score = json.loads((summaries / "score.json").read_text())
+    landing = json.loads((Path(settings.synth.out) / "landing.json").read_text())
+    assert score["scored"] > 0 and score["quarantined"] == len(landing["planted"])
+
+    mlflow.set_tracking_uri(settings.tracking_uri())
+    client = MlflowClient(registry_uri=settings.tracking_uri())
+    champions = {}
+    for task in settings.train.tasks:
+        name = f"{settings.train.model_prefix}{task}"
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert versions, f"{name} was not registered"
+        version = max(versions, key=lambda v: int(v.version))
+        folder = Path(lake.root) / settings.evaluate.reports / name / f"v{version.version}"
+        assert (folder / "report.html").exists() and (folder / "figures.csv").exists()
+        assert version.tags.get("promotion.decision"), f"{name} v{version.version} has no promotion decision"
+        model = client.get_registered_model(name)
+        if "champion" in model.aliases:
+            champions[name] = model.aliases["champion"]
+    assert champions, "no task got a champion"
+
+    predictions = read_table(spark, lake.table("predictions"))
+    images = read_table(spark, lake.table("images")).select("image_id", "split")
+    scored_splits = {
+        r["split"] for r in predictions.join(images, "image_id").select("split").distinct().collect()
+    }
+    assert scored_splits == {"test"}
+    assert {r["model"] for r in predictions.select("model").distinct().collect()} <= set(champions)
+    landed = read_table(spark, lake.table("landing_images")).select("image_id")
+    scored_landed = predictions.join(landed, "image_id", "left_semi").select("image_id").distinct().count()
+    routed = sum(landing["modalities"][t] for t in ("mammography", "histology"))
+    assert 0 < scored_landed <= routed
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(demo: Path, notebook: Path) -> None:
+    book = nbformat.read(notebook, as_version=4)
+    previous = os.environ.get("ONCOLAKE_CONFIG")
+    os.environ["ONCOLAKE_CONFIG"] = str(demo)  # the kernel inherits it: the notebooks read no other input
+    try:
+        NotebookClient(
+            book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+        ).execute()
+    finally:
+        if previous is None:
+            os.environ.pop("ONCOLAKE_CONFIG")
+        else:
+            os.environ["ONCOLAKE_CONFIG"] = previous
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    nbformat.write(book, ARTIFACTS / notebook.name)
+    outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs) or notebook.stem.startswith("03")
+    shutil.rmtree(ARTIFACTS / ".ipynb_checkpoints", ignore_errors=True)
