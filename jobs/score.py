@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"oncolake score: {exc}\n")
         landed = land.run(spark, settings, args.landing, args.modality, secret)
         summary["quarantined"] = landed.quarantined
+        print(
+            f"score: landed {args.landing}: {landed.ingested} new, {landed.already_present} already landed, "
+            f"{landed.quarantined} quarantined"
+        )
     elif args.landing is not None:  # a dry run lands nothing: say what the folder holds
         found = landing.scan(args.landing, args.modality)
         print(
             f"score: {args.landing} holds {len(found.records)} images (landed or not) to land before scoring"
-        )
-        print(
-            f"score: landed {args.landing}: {landed.ingested} new, {landed.already_present} already landed, "
-            f"{landed.quarantined} quarantined"
         )
     sources = scoring.image_sources(
         [

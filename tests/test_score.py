@@ -178,6 +178,8 @@ def test_landing_folder_is_landed_and_scored_by_modality(
     quarantine = read_table(spark, lake.lakehouse.table("quarantine")).where("collection = 'landing'")
     assert {r["path"] for r in quarantine.collect()} == {p["path"] for p in manifest["planted"]}
 
+    dry = _score(lake, tmp_path, "--dry-run", "--landing", str(root))
+    assert dry["scored"] == 0 and dry["quarantined"] == 0  # a dry run lands and quarantines nothing
     again = _score(lake, tmp_path, "--landing", str(root))
     assert again["scored"] == 0 and again["quarantined"] == 3
     assert read_table(spark, lake.lakehouse.table("landing_images")).count() == manifest["images"]
