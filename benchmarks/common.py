@@ -21,27 +21,30 @@ from pipelines.pseudonym import DEMO_SECRET
 
 
 class PeakMemory:
-    """Samples, every 0.5 s, the summed resident memory of this process's descendants whose command line
-    ``match`` accepts (Horovod workers, Spark's Python workers, the JVM)."""
+    """Samples, every ``every`` seconds, the summed resident memory of this process's descendants, per
+    group: ``groups`` maps a name to a test on the command line (Horovod workers, Spark's Python workers,
+    the JVM); ``peak[name]`` is the group's largest sum seen."""
 
-    def __init__(self, match: Callable[[str], bool]) -> None:
-        self.peak = 0
-        self._match = match
+    def __init__(self, groups: dict[str, Callable[[str], bool]], every: float = 0.5) -> None:
+        self.peak = dict.fromkeys(groups, 0)
+        self._groups, self._every = groups, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            totals = dict.fromkeys(self._groups, 0)
             for child in me.children(recursive=True):
                 try:
-                    if self._match(" ".join(child.cmdline())):
-                        total += child.memory_info().rss
+                    cmdline, rss = " ".join(child.cmdline()), child.memory_info().rss
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
-            time.sleep(0.5)
+                for name, match in self._groups.items():
+                    if match(cmdline):
+                        totals[name] += rss
+            self.peak = {name: max(self.peak[name], totals[name]) for name in totals}
+            time.sleep(self._every)
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -50,6 +53,11 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def is_jvm(cmdline: str) -> bool:
+    """A Java process (Spark's driver JVM in local mode)."""
+    return cmdline.split(" ", 1)[0].endswith("java")
 
 
 def build_tiles(

@@ -18,14 +18,13 @@ import argparse
 import json
 import shutil
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import PeakMemory, is_jvm
 
 import synth
 from conf import load_settings
@@ -35,41 +34,6 @@ from pipelines import ingest, tiles
 from pipelines.io import merge_into, read_table
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.sources import SOURCES
-
-
-class PeakMemory:
-    """Samples the resident memory of this process's JVM children and Python workers every 0.2 s."""
-
-    def __init__(self) -> None:
-        self.jvm = 0
-        self.python_workers = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            jvm = workers = 0
-            for child in me.children(recursive=True):
-                try:
-                    rss = child.memory_info().rss
-                    if "java" in child.name():
-                        jvm += rss
-                    else:
-                        workers += rss
-                except psutil.Error:
-                    continue
-            self.jvm, self.python_workers = max(self.jvm, jvm), max(self.python_workers, workers)
-            time.sleep(0.2)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
 
 Work = tuple[dict, dict[str, str], ingest.NormaliseOptions, tiles.TileOptions]
 
@@ -141,7 +105,7 @@ def main() -> None:
             roots = {n: str(corpus / e["root"]) for n, e in manifest.items() if isinstance(e, dict)}
             lake = base.lakehouse.model_copy(update={"root": str(work / f"lake-{size}")})
             run_settings = base.model_copy(update={"lakehouse": lake})
-            with PeakMemory() as memory:
+            with PeakMemory({"jvm": is_jvm, "python_workers": lambda c: not is_jvm(c)}, 0.2) as memory:
                 spark_s = spark_path(spark, run_settings, roots)
             plain_s = baseline(roots, work / f"plain-{size}", args.cores, run_settings)
             figures[str(size)] = {
@@ -149,8 +113,8 @@ def main() -> None:
                 "plain_images_per_s": size / plain_s,
                 "ratio": plain_s / spark_s,
                 "spark_s_per_image": spark_s / size,
-                "peak_driver_jvm_mb": memory.jvm / 2**20,
-                "peak_python_workers_mb": memory.python_workers / 2**20,
+                "peak_driver_jvm_mb": memory.peak["jvm"] / 2**20,
+                "peak_python_workers_mb": memory.peak["python_workers"] / 2**20,
             }
             f = figures[str(size)]
             print(

@@ -42,7 +42,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
-from common import PeakMemory, build_tiles
+from common import PeakMemory, build_tiles, is_jvm
 
 from conf import load_settings
 from jobs.session import build_spark
@@ -107,7 +107,7 @@ def drain_loads() -> dict[str, int]:
 
 
 def spark_processes(cmdline: str) -> bool:
-    return "java" in cmdline.split(" ", 1)[0] or "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline
+    return is_jvm(cmdline) or "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline
 
 
 def main() -> None:
@@ -163,12 +163,12 @@ def main() -> None:
             for _ in range(times - 1):
                 grown = grown.unionByName(tiles)
             scored = scoring.score_tiles(grown, udf, MODEL, partitions)
-            with PeakMemory(spark_processes) as peak:
+            with PeakMemory({"spark": spark_processes}) as peak:
                 scored.write.format("noop").mode("overwrite").save()
-            memory[f"{times}x"] = {"tiles": n * times, "peak_rss_mb": round(peak.peak / 2**20)}
+            memory[f"{times}x"] = {"tiles": n * times, "peak_rss_mb": round(peak.peak["spark"] / 2**20)}
             print(
                 f"memory {times}x: {n * times} tiles, "
-                f"peak RSS of the Spark processes {peak.peak / 2**20:.0f} MB",
+                f"peak RSS of the Spark processes {peak.peak['spark'] / 2**20:.0f} MB",
                 flush=True,
             )
         loads["memory_runs"] = drain_loads()

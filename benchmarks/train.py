@@ -25,8 +25,8 @@ Then, on the same training tiles, in the same run, it measures:
     timed steps as ``horovod_1`` (after 5 untimed warm-up steps), and no per-step data work at all.
     It is timed once before and once after the Horovod runs and averaged.
 ``petastorm_reader``, ``petastorm_reader_no_augment``
-    the data path alone, in this process: the same ``make_batch_reader`` + ``make_transform`` +
-    ``BatchedDataLoader`` + ``task_batches`` calls as ``train_worker`` (one shard), drained as fast as it
+    the data path alone, in this process: :func:`model.train.training_batches`, as ``train_worker``
+    reads (one shard: ``make_batch_reader`` + ``BatchedDataLoader`` + ``task_batches``), drained as fast as it
     delivers for the same number of batches (after one untimed epoch), with the augmentation that
     ``train_worker`` always applies (:func:`model.data.augment`) and without it.
 
@@ -63,11 +63,19 @@ from common import PeakMemory, build_tiles
 
 from conf import load_settings
 from jobs.session import build_spark
-from model.data import ReaderSpec, make_transform, tile_to_array
+from model.data import tile_to_array
 from model.distributed import run_workers
 from model.networks import build_network
 from model.tasks import TASKS, Task
-from model.train import TaskData, TrainPlan, class_weights, row_groups, task_batches, task_data, train_worker
+from model.train import (
+    TaskData,
+    TrainPlan,
+    class_weights,
+    row_groups,
+    task_data,
+    train_worker,
+    training_batches,
+)
 from pipelines.io import current_version, table_exists
 
 WARMUP_STEPS = 5
@@ -126,7 +134,7 @@ def make_plan(
 def horovod(spark, plan: TrainPlan, num_proc: int) -> dict:
     """``train_worker`` in ``num_proc`` Horovod workers; images/s per epoch as the workers report it."""
     started = time.perf_counter()
-    with PeakMemory(lambda cmdline: "gloo_exec_fn" in cmdline) as memory:
+    with PeakMemory({"workers": lambda cmdline: "gloo_exec_fn" in cmdline}) as memory:
         state = run_workers(spark, train_worker, num_proc, (plan,))[0]
     wall = time.perf_counter() - started
     per_epoch = [float(r["images_per_s"]) for r in state["history"]]
@@ -135,7 +143,7 @@ def horovod(spark, plan: TrainPlan, num_proc: int) -> dict:
         "per_epoch": per_epoch,
         "steps_per_epoch": plan.steps_per_epoch,
         "wall_s": wall,
-        "peak_workers_rss_mb": memory.peak / 2**20,
+        "peak_workers_rss_mb": memory.peak["workers"] / 2**20,
     }
 
 
@@ -193,24 +201,7 @@ def plain_round(
 
 def petastorm_reader(plan: TrainPlan, steps: int, augment: bool) -> dict:
     """``train_worker``'s data path alone (one shard), drained for ``steps`` batches after one epoch."""
-    from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
-
-    spec = ReaderSpec(split="train", task=plan.task, augment=augment, seed=plan.seed * 1000)
-    with make_batch_reader(
-        list(plan.train_files),
-        num_epochs=None,
-        cur_shard=0,
-        shard_count=1,
-        shuffle_row_groups=True,
-        seed=plan.seed,
-        workers_count=plan.reader_workers,
-        transform_spec=make_transform(spec),
-    ) as reader:
-        loader = BatchedDataLoader(
-            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
-        )
-        batches = task_batches(iter(loader), plan.batch_size)
+    with training_batches(plan, 0, 1, augment) as batches:
         for _ in range(plan.steps_per_epoch):
             next(batches)
         wall, cpu, seen = time.perf_counter(), time.process_time(), 0

@@ -30,7 +30,7 @@ from pipelines.pseudonym import SecretMissing, resolve_secret
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Scan
 from pipelines.split import ImageMeta, assign_splits, check_no_leak
-from pipelines.summary import CollectionSummary, render_table, write_json
+from pipelines.summary import CollectionSummary, count_outcome, render_table, write_json
 
 
 def _sources(settings: Settings, overrides: list[str]) -> dict[str, str]:
@@ -141,19 +141,11 @@ def run(
     )
     print(f"ingest: splits checked: no patient or linked group spans two splits ({len(links)} links)")
 
-    known_before = {m["image_id"] for m in existing_meta}
-    inserted: set[str] = set()
+    known = {m["image_id"] for m in existing_meta}
     for name, scan in scans.items():  # files skipped by path, before decoding: already present
         summaries[name].already_present = len(scan.records) - sum(r["collection"] == name for r in outcome)
     for row in outcome:
-        summary = summaries[row["collection"]]
-        if row["status"] == "quarantined":
-            summary.quarantined += 1
-        elif row["image_id"] in known_before or row["image_id"] in inserted:
-            summary.already_present += 1
-        else:
-            summary.ingested += 1
-            inserted.add(row["image_id"])
+        count_outcome(summaries[row["collection"]], row["status"], row["image_id"], known)
     for meta in final_meta.values():
         if meta["collection"] in summaries:
             summaries[meta["collection"]].labels[meta["label"]] += 1

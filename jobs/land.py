@@ -25,7 +25,7 @@ from pipelines import ingest, tiles
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.pseudonym import SecretMissing, resolve_secret
 from pipelines.sources import landing
-from pipelines.summary import CollectionSummary, render_table, write_json
+from pipelines.summary import CollectionSummary, count_outcome, render_table, write_json
 
 # The findings column of an image without any (tiles.cut_tiles reads it; landing images have none).
 NO_FINDINGS = "array<struct<label:string,geometry_kind:string,geometry:string,mask_png:binary>>"
@@ -64,12 +64,7 @@ def run(
     summary.already_present = len(scan.records) - len(outcome)  # skipped by path before decoding
     kept: dict[str, str] = {}  # image id -> the file kept for it: identical files are one image
     for row in sorted(outcome, key=lambda r: r["source_key"]):
-        if row["status"] == "quarantined":
-            summary.quarantined += 1
-        elif row["image_id"] in known or row["image_id"] in kept:
-            summary.already_present += 1
-        else:
-            summary.ingested += 1
+        if count_outcome(summary, row["status"], row["image_id"], known):
             kept[row["image_id"]] = row["source_key"]
     chosen = spark.createDataFrame(
         sorted((key, None) for key in kept.values()), "source_key string, split string"

@@ -70,6 +70,9 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         # Rows of images or tiles reach a Python worker in batches of this many: memory stays bounded
         # whatever the partition size (the default, 10,000 rows, would be gigabytes of pixels).
         "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+        # Parquet row groups of 32 MB rather than 128: a writer buffers one per task, and Petastorm
+        # materialises whole row groups of tiles (as float32, ~30x the PNGs) per reader thread.
+        "spark.hadoop.parquet.block.size": str(32 * 2**20),
         **_delta_conf(),
     }
     log4j = CONF_DIR / "log4j2.properties"

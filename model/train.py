@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,36 @@ def task_batches(batches: Iterator[dict[str, Any]], size: int) -> Iterator[tuple
             images, targets, have = [image[size:]], [target[size:]], have - size
 
 
+@contextmanager
+def training_batches(
+    plan: TrainPlan, rank: int, size: int, augment: bool = True
+) -> Iterator[Iterator[tuple]]:
+    """Worker ``rank`` of ``size``: its shard of the training files through Petastorm, endlessly, as
+    batches of ``plan.batch_size`` task rows (decoded and augmented in the reader's threads)."""
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+
+    spec = ReaderSpec("train", plan.task, augment=augment, seed=plan.seed * 1000 + rank, rule=plan.rule)
+    with make_batch_reader(
+        list(plan.train_files),
+        num_epochs=None,
+        cur_shard=rank,
+        shard_count=size,
+        shuffle_row_groups=True,
+        seed=plan.seed + rank,
+        workers_count=plan.reader_workers,
+        transform_spec=make_transform(spec),
+    ) as reader:
+        loader = BatchedDataLoader(
+            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
+        )
+        yield task_batches(iter(loader), plan.batch_size)
+
+
 def train_worker(plan: TrainPlan) -> dict[str, Any]:
     """One Horovod worker's training run; rank 0 returns the history and the best epoch, others ``{}``."""
     import horovod.torch as hvd
     import torch
-    from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
 
     from model.networks import build_network
 
@@ -171,21 +196,7 @@ def train_worker(plan: TrainPlan) -> dict[str, Any]:
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
     warmup_steps = max(1, round(plan.warmup_epochs * plan.steps_per_epoch))
 
-    spec = ReaderSpec("train", plan.task, augment=True, seed=plan.seed * 1000 + rank, rule=plan.rule)
-    with make_batch_reader(
-        list(plan.train_files),
-        num_epochs=None,
-        cur_shard=rank,
-        shard_count=size,
-        shuffle_row_groups=True,
-        seed=plan.seed + rank,
-        workers_count=plan.reader_workers,
-        transform_spec=make_transform(spec),
-    ) as reader:
-        loader = BatchedDataLoader(
-            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
-        )
-        batches = task_batches(iter(loader), plan.batch_size)
+    with training_batches(plan, rank, size) as batches:
         for epoch in range(state["epoch"], plan.epochs):
             net.train()
             started, loss_sum, seen = time.monotonic(), 0.0, 0

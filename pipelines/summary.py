@@ -26,6 +26,24 @@ class CollectionSummary:
         return self.seen == self.ingested + self.already_present + self.quarantined
 
 
+def count_outcome(summary: CollectionSummary, status: str, image_id: str | None, known: set[str]) -> bool:
+    """Count one decoded file: quarantined, already present (its content is in ``known``: in the table
+    before, or met earlier in this run) or ingested, in which case its id joins ``known``.
+
+    Returns:
+        Whether the file is a new image (the one file kept for its content).
+    """
+    if status == "quarantined":
+        summary.quarantined += 1
+        return False
+    if image_id in known:
+        summary.already_present += 1
+        return False
+    summary.ingested += 1
+    known.add(str(image_id))
+    return True
+
+
 def render_table(collections: Mapping[str, CollectionSummary]) -> str:
     """A fixed-width table of the summary, one line per collection and a total."""
     columns = ["seen", "ingested", "already_present", "quarantined", "auxiliary", "rejected_rows"]
