@@ -5,6 +5,7 @@ Run as scripts (``python benchmarks/<name>.py``), the benchmarks import this mod
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import threading
 import time
@@ -58,6 +59,14 @@ class PeakMemory:
 def is_jvm(cmdline: str) -> bool:
     """A Java process (Spark's driver JVM in local mode)."""
     return cmdline.split(" ", 1)[0].endswith("java")
+
+
+def corpus_arguments(parser: argparse.ArgumentParser, images: int) -> None:
+    """The options of the synthetic corpus a benchmark builds (:func:`build_tiles`) and its cores."""
+    parser.add_argument("--images", type=int, default=images, help="synthetic corpus size (all collections)")
+    parser.add_argument("--downscale", type=float, default=16, help="synthetic corpus downscale")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")
+    parser.add_argument("--cores", type=int, default=2, help="local[cores] and torch threads")
 
 
 def build_tiles(

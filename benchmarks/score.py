@@ -42,14 +42,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
-from common import PeakMemory, build_tiles, is_jvm
+from common import PeakMemory, build_tiles, corpus_arguments, is_jvm
 
 from conf import load_settings
 from jobs.session import build_spark
 from model.networks import build_network
 from model.pyfunc import LOAD_LOG_ENV
 from model.tracking import log_tile_model, register, use_tracking
-from model.udf import tile_udf
+from model.udf import result_type, tile_udf
 from pipelines import scoring
 from pipelines.io import read_table, table_exists
 
@@ -87,7 +87,7 @@ def plain(model_uri: str, pixels: pd.DataFrame, cores: int, repeats: int) -> flo
 
 
 def spark_udf(spark, model_uri: str, tiles, partitions: int, repeats: int):
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=MODEL.result_type(), env_manager="local")
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(CLASSES), env_manager="local")
     scored = scoring.score_tiles(tiles, udf, MODEL, partitions)
     return timed(lambda: scored.write.format("noop").mode("overwrite").save(), repeats), udf
 
@@ -113,10 +113,7 @@ def spark_processes(cmdline: str) -> bool:
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("--images", type=int, default=240, help="synthetic corpus size (all collections)")
-    parser.add_argument("--downscale", type=float, default=16, help="synthetic corpus downscale")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")
-    parser.add_argument("--cores", type=int, default=2, help="local[cores] and torch threads")
+    corpus_arguments(parser, 240)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per path (the best counts)")
     parser.add_argument(
         "--lake", type=Path, default=None, help="keep the lakehouse here; reused if it has tiles"

@@ -59,7 +59,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from common import PeakMemory, build_tiles
+from common import PeakMemory, build_tiles, corpus_arguments
 
 from conf import load_settings
 from jobs.session import build_spark
@@ -214,14 +214,11 @@ def petastorm_reader(plan: TrainPlan, steps: int, augment: bool) -> dict:
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("--images", type=int, default=300, help="synthetic corpus size (all collections)")
-    parser.add_argument("--downscale", type=float, default=16, help="synthetic corpus downscale")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")
+    corpus_arguments(parser, 300)
     parser.add_argument("--task", default="mammo_normal_vs_abnormal", choices=sorted(TASKS))
     parser.add_argument("--network", default=None, help="default: the configuration's train.network")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the configuration's")
     parser.add_argument("--epochs", type=int, default=5, help="Horovod epochs; the first is warm-up")
-    parser.add_argument("--cores", type=int, default=2, help="local[cores] and torch threads")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Horovod num_proc values")
     parser.add_argument(
         "--val-tiles", type=int, default=32, help="validation tiles rank 0 scores per epoch (0: all)"

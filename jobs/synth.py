@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from(args).synth
     out = args.out or Path(settings.out)
+    seed = settings.seed if args.seed is None else args.seed
     manifest = out / "manifest.json"
     if manifest.exists():
         print(f"synth: {out} already holds a corpus (delete it to regenerate)")
@@ -43,14 +44,13 @@ def main(argv: list[str] | None = None) -> int:
             images=args.images or settings.images,
             full=args.full,
             downscale=args.downscale or settings.downscale,
-            seed=settings.seed if args.seed is None else args.seed,
+            seed=seed,
             progress=lambda line: print(f"synth: {line}", flush=True),
         )
     landing = settings.landing_images if args.landing is None else args.landing
     if landing:
         from synth import landing as landing_folder
 
-        seed = settings.seed if args.seed is None else args.seed
         written = landing_folder.generate(out / "landing", landing, seed + 1)
         print(f"synth: {written['images']} new unlabelled images in {out / 'landing'}")
     summary = json.loads(manifest.read_text())

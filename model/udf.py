@@ -20,6 +20,11 @@ from pyspark.sql import types as T
 BATCH_SIZE = 64  # tiles per call to the model: the pyfunc's own inference batch
 
 
+def result_type(classes: Sequence[str]) -> T.StructType:
+    """The UDF's result: one ``p_<class>`` double per class, the columns the model's ``predict`` returns."""
+    return T.StructType([T.StructField(f"p_{c}", T.DoubleType()) for c in classes])
+
+
 def tile_udf(
     spark: SparkSession, model_uri: str, classes: Sequence[str], batch_size: int = BATCH_SIZE
 ) -> Callable[[Column], Column]:
@@ -50,5 +55,4 @@ def tile_udf(
 
         return predict
 
-    result = T.StructType([T.StructField(f"p_{c}", T.DoubleType()) for c in classes])
-    return predict_batch_udf(make_predict_fn, return_type=result, batch_size=batch_size)
+    return predict_batch_udf(make_predict_fn, return_type=result_type(classes), batch_size=batch_size)

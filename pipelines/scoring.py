@@ -48,10 +48,6 @@ class ScoringModel:
     positive: str
     threshold: float
 
-    def result_type(self) -> str:
-        """The UDF's struct: one ``p_<class>`` double per class."""
-        return ", ".join(f"p_{c} double" for c in self.classes)
-
 
 def prediction_id(image_id: str, model: str, version: str) -> str:
     """The predictions table's key: one row per image and model version."""
@@ -69,7 +65,8 @@ def image_sources(
 
     Returns:
         ``image_id, modality`` of every image with tiles, and ``image_id, collection, modality, pixels``
-        of their tiles; ``None`` when there are no tables yet.
+        of all the tiles (the caller keeps those of the images it scores: a semi-join here would be a
+        second pass over the tiles' bytes); ``None`` when there are no tables yet.
     """
     pairs = []
     for images, tiles in tables:
@@ -77,7 +74,7 @@ def image_sources(
             images = images.where(F.col("split").isin(splits) | F.col("split").isNull())
         tiles = tiles.select("image_id", "collection", "modality", "pixels")
         images = images.select("image_id", "modality").join(tiles.select("image_id").distinct(), "image_id")
-        pairs.append((images, tiles.join(images.select("image_id"), "image_id", "left_semi")))
+        pairs.append((images, tiles))
     if not pairs:
         return None
     images, tiles = pairs[0]

@@ -48,7 +48,8 @@ def _dicom_header(path: Path) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - the decoder reports the reason for this file
         return {}
     tags = ("Modality", "PatientID", "ImageLaterality", "Laterality", "ViewPosition")
-    return {tag: str(dataset.get(tag, "")).strip() for tag in tags if str(dataset.get(tag, "")).strip()}
+    values = {tag: str(dataset.get(tag, "")).strip() for tag in tags}
+    return {tag: value for tag, value in values.items() if value}
 
 
 def scan(root: Path, modality: str | None = None) -> Scan:
