@@ -66,7 +66,7 @@ from jobs.session import build_spark
 from model.data import tile_to_array
 from model.distributed import run_workers
 from model.networks import build_network
-from model.tasks import TASKS, Task
+from core.tasks import TASKS, Task
 from model.train import (
     TaskData,
     TrainPlan,

@@ -99,6 +99,23 @@ class SplitSettings(Section):
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class AugmentSettings(Section):
+    """Training-time augmentation of a tile: the variations it could have had anyway."""
+
+    flip: bool = True
+    rotate_degrees: float = Field(10.0, ge=0, le=180)  # uniform in [-d, d]
+    gain: float = Field(0.1, ge=0, lt=1)  # intensity multiplied by uniform [1-g, 1+g]
+    bias: float = Field(0.1, ge=0, lt=1)  # then shifted by uniform [-b, b] (normalised units)
+
+
+class AggregationSettings(Section):
+    """Tile scores -> image score -> patient score; recorded on every registered model version."""
+
+    rule: Literal["top_k_mean"] = "top_k_mean"
+    image_top_k: int = Field(3, ge=1)
+    patient_top_k: int = Field(1, ge=1)
+
+
 class TrainSettings(Section):
     """Distributed training: one model per task, Horovod workers on the Spark executors."""
 
@@ -111,6 +128,12 @@ class TrainSettings(Section):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(0.005, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    # Mean and spread of normalised 8-bit tiles (0-1): inputs become roughly zero-centred, unit variance.
+    pixel_mean: float = Field(0.45, ge=0, le=1)
+    pixel_std: float = Field(0.25, gt=0)
+    augment: AugmentSettings = AugmentSettings()
     warmup_epochs: float = Field(1.0, ge=0)
     patience: int = Field(3, ge=1)
     # Horovod processes; null means one per executor core (spark.default.parallelism).
@@ -151,6 +174,7 @@ class Settings(Section):
     split: SplitSettings = SplitSettings()
     train: TrainSettings = TrainSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    aggregation: AggregationSettings = AggregationSettings()
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str = "local"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
 from model.registry_evaluation import evaluate_version
-from model.tasks import TASKS
+from core.tasks import TASKS
 from model.tracking import CHALLENGER, use_tracking
 
 

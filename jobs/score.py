@@ -27,7 +27,7 @@ from pathlib import Path
 from jobs import land
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
-from model.tasks import TASKS
+from core.tasks import TASKS
 from model.tracking import CHAMPION, use_tracking
 from model.udf import tile_udf
 from pipelines import scoring

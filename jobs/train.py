@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
-from model.data import SplitRule
-from model.tasks import TASKS
+from core.tasks import SplitRule
+from core.tasks import TASKS
 from model.tracking import use_tracking
 from model.train import fit_task, task_data
 from pipelines.io import current_version, table_exists

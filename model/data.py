@@ -16,50 +16,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from model.tasks import Task
+from core.tasks import BY_PATIENT, SplitRule, Task
 
 TILE_SIZE = 224
 IGNORE = -1  # target of rows that belong to another split or task
 # Mean and spread of normalised 8-bit tiles: inputs become roughly zero-centred with unit variance.
 PIXEL_MEAN, PIXEL_STD = 0.45, 0.25
-
-
-@dataclass(frozen=True)
-class SplitRule:
-    """Which split a tile belongs to: the stored split (by patient, always, for real models), or, for the
-    leakage audit only, a random split by image (what the paper did), drawn from the image's content hash
-    so Spark and pandas agree on it without a table of their own.
-    """
-
-    by: Literal["patient", "image"] = "patient"
-    train: float = 0.6
-    val: float = 0.2
-
-    def _named(self, u: Any, where: Any) -> Any:
-        return where(u < self.train, "train", where(u < self.train + self.val, "val", "test"))
-
-    def of(self, frame: pd.DataFrame) -> pd.Series:
-        """The split of each row of ``frame`` (columns ``split`` and ``image_id``)."""
-        if self.by == "patient":
-            return frame["split"]
-        u = frame["image_id"].str[:8].map(lambda h: int(h, 16)).to_numpy() / 2**32
-        return pd.Series(self._named(u, np.where), index=frame.index)
-
-    def column(self) -> Any:
-        """The same, as a Spark column expression."""
-        from pyspark.sql import functions as F
-
-        if self.by == "patient":
-            return F.col("split")
-        u = F.conv(F.substring("image_id", 1, 8), 16, 10).cast("double") / 2**32
-
-        def when(condition: Any, value: str, otherwise: Any) -> Any:
-            return F.when(condition, value).otherwise(otherwise)
-
-        return self._named(u, when)
-
-
-BY_PATIENT = SplitRule()
 
 
 @dataclass(frozen=True)
@@ -75,7 +37,7 @@ class ReaderSpec:
 
 def tile_to_array(png: bytes, size: int = TILE_SIZE) -> np.ndarray:
     """A tile's PNG as float32 (3, size, size), normalised; grayscale is replicated to three channels."""
-    from pipelines.tiling import decode_png
+    from core.codec import decode_png
 
     pixels = decode_png(png).astype(np.float32) / 255.0
     if pixels.ndim == 2:

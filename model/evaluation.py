@@ -2,7 +2,7 @@
 
 The tiles of a split are read from the pinned files of the tiles table (the version the model's lineage
 names), scored in batches (only ids and probabilities are kept), and aggregated to images and patients
-with :func:`model.aggregation.aggregate`, the rule scoring uses. Every level gets the paper's confusion
+with :func:`core.aggregation.aggregate`, the rule scoring uses. Every level gets the paper's confusion
 figures at the model's recorded threshold and an AUC with a patient-bootstrap 95% interval; a collection
 that cannot have a figure (no normals for normal-vs-abnormal, one class only) says why instead.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model.aggregation import aggregate
-from model.data import BY_PATIENT, SplitRule
+from core.aggregation import aggregate
+from core.tasks import BY_PATIENT, SplitRule
 from model.metrics import auc_with_interval, confusion
-from model.tasks import Task
+from core.tasks import Task
 
 LEVELS = ("tile", "image", "patient")
 ID_COLUMNS = ["tile_id", "image_id", "patient_key", "collection", "split", "label", "image_label"]

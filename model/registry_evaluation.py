@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from model import promotion
 from model.evaluation import figures, figures_frame, level_frames, score_split, subgroup_figures
 from model.report import Report, write_report
-from model.tasks import Task
+from core.tasks import Task
 from model.train import TaskData, task_data
 
 GRID_TILES = 6  # correct and wrong tiles each in the report's grid

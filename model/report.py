@@ -147,7 +147,7 @@ def _plot_confusion(rows: pd.DataFrame, threshold: float, path: Path, classes: t
 def _plot_grid(grid: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from pipelines.tiling import decode_png
+    from core.codec import decode_png
 
     columns = 6
     rows = max(1, math.ceil(len(grid) / columns))

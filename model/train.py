@@ -23,7 +23,7 @@ import numpy as np
 
 from model.calibration import calibrated, choose_threshold, fit_temperature
 from model.data import BY_PATIENT, IGNORE, ReaderSpec, SplitRule, make_transform, tile_to_array
-from model.tasks import Task
+from core.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -312,7 +312,7 @@ def task_data(spark: Any, table: str, version: int, task: Task, rule: SplitRule 
     for row in (
         read_table(spark, table, version)
         .where(condition)
-        .groupBy(rule.column().alias("split"), "label")
+        .groupBy(F.expr(rule.sql()).alias("split"), "label")
         .agg(F.count("*"))
         .collect()
     ):

@@ -203,7 +203,8 @@ def lesion_mask(
 def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
     """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
     from pipelines.normalise import normalise, transform_geometry, transform_mask
-    from pipelines.tiling import encode_png, perceptual_hash
+    from core.codec import encode_png
+    from core.phash import perceptual_hash
 
     base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
     record: ImageRecord = pickle.loads(row["record"])

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.phash import hamming
+
 
 @dataclass(frozen=True)
 class HashedImage:
@@ -26,11 +28,6 @@ def _bands(value: int, count: int) -> list[tuple[int, int]]:
     unsigned = value & 0xFFFFFFFFFFFFFFFF
     width = -(-64 // count)
     return [(band, (unsigned >> (band * width)) & ((1 << width) - 1)) for band in range(count)]
-
-
-def hamming(a: int, b: int) -> int:
-    """Bits in which two 64-bit hashes differ."""
-    return ((a ^ b) & 0xFFFFFFFFFFFFFFFF).bit_count()
 
 
 def find_links(images: Iterable[HashedImage], max_hamming: int) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """Bulk scoring: tiles through a registered model's Spark UDF, aggregated to image predictions.
 
 DataFrame in, DataFrame out; the job (``jobs/score.py``) resolves the model and writes the result. The
-tile-to-image rule is :func:`model.aggregation.aggregate`, the one evaluation reports figures with, and
+tile-to-image rule is :func:`core.aggregation.aggregate`, the one evaluation reports figures with, and
 the decision threshold is the one recorded on the model version.
 """
 
@@ -148,7 +148,7 @@ def image_predictions(tile_scores: DataFrame, model: ScoringModel) -> DataFrame:
     columns = PREDICTION_SCHEMA.fieldNames()
 
     def aggregate_image(frame: pd.DataFrame) -> pd.DataFrame:
-        from model.aggregation import aggregate
+        from core.aggregation import aggregate
 
         row = aggregate(frame, "image_id", model.classes, model.positive).iloc[0]
         probabilities = {c: float(row[f"p_{c}"]) for c in model.classes}

@@ -89,7 +89,8 @@ def _tile_id(image_id: str, y: int, x: int, size: int) -> str:
 
 def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
     from pipelines.sources.base import Geometry
-    from pipelines.tiling import cut_tile, decode_png, encode_png, label_tiles, rasterise
+    from core.codec import decode_png, encode_png
+    from pipelines.tiling import cut_tile, label_tiles, rasterise
 
     image = decode_png(row["pixels"])
     height, width = image.shape[:2]

@@ -9,14 +9,11 @@ when it only grazes a finding, and is normal tissue otherwise.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.links import hamming as hamming  # re-exported: tiles and links compare hashes alike
 from pipelines.sources.base import SEVERITY, Geometry
 
 # A normalised mammogram pixel is tissue above this level (0-255, ~0.06 of the range): the normaliser
@@ -179,32 +176,3 @@ def label_tiles(
             label, source = "normal", "normal_tissue"
         labels.append(TileLabel(y, x, label, source, float(best), tissue))
     return labels
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """uint8 (H, W) as 8-bit grayscale or (H, W, 3) as RGB PNG, lightly compressed.
-
-    Tiles are written once and decoded every epoch: level 1 is several times faster than the default and
-    only a few percent larger on noisy medical images.
-    """
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise ValueError(f"expected uint8 (H, W) or (H, W, 3), got {array.dtype} {array.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """The inverse of :func:`encode_png`, as a writable array (torch warns on read-only buffers)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.array(image)
-
-
-def perceptual_hash(image: np.ndarray) -> int:
-    """64-bit pHash of an image as a signed int64 (Spark's LongType).
-
-    A DCT of a 32x32 grayscale thumbnail: the same picture decoded by another tool, at another resolution
-    or with slightly different windowing hashes within a few bits (see :mod:`pipelines.links`).
-    """
-    value = int(str(imagehash.phash(Image.fromarray(image).convert("L"), hash_size=8)), 16)
-    return value - (1 << 64) if value >= 1 << 63 else value

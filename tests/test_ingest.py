@@ -22,7 +22,7 @@ from pipelines.io import current_version, merge_into, read_table
 from pipelines.links import HashedImage, find_links
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.tiles import TileOptions, cut_tiles, with_findings
-from pipelines.tiling import decode_png
+from core.codec import decode_png
 
 SECRET = b"test-secret-5f1e0c"
 TABLES = ("images", "annotations", "quarantine")

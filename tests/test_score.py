@@ -19,9 +19,9 @@ from pyspark.sql import SparkSession
 from conf import Settings, load_settings
 from jobs import ingest as ingest_job
 from jobs import score as score_job
-from model.aggregation import aggregate
+from core.aggregation import aggregate
 from model.networks import build_network
-from model.tasks import TASKS
+from core.tasks import TASKS
 from model.tracking import CHAMPION, log_tile_model, register, use_tracking
 from pipelines.io import current_version, merge_into, read_table
 from pipelines.sources import landing

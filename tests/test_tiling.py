@@ -9,15 +9,13 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from core.codec import decode_png, encode_png
+from core.phash import hamming, perceptual_hash
 from pipelines.sources.base import Geometry
 from pipelines.tiling import (
     TileLabel,
     cut_tile,
-    decode_png,
-    encode_png,
-    hamming,
     label_tiles,
-    perceptual_hash,
     rasterise,
     tile_origins,
     tissue_fraction,

@@ -10,13 +10,15 @@ import mlflow
 import pytest
 import torch
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from conf import load_settings
 from jobs import ingest as ingest_job
-from model.data import IGNORE, SplitRule
+from core.tasks import SplitRule
+from model.data import IGNORE
 from model.networks import AlexNetLike, build_network
 from model.registry_evaluation import evaluate_version, external_table
-from model.tasks import TASKS
+from core.tasks import TASKS
 from model.tracking import use_tracking
 from model.train import fit_task, latest_checkpoint, task_batches, task_data
 from pipelines.io import current_version, merge_into, read_table
@@ -186,7 +188,7 @@ def test_image_level_split_rule_agrees_between_spark_and_pandas(spark: SparkSess
     frame = pd.DataFrame({"image_id": ids, "split": "train"})
     rule = SplitRule("image", 0.6, 0.2)
     expected = dict(zip(ids, rule.of(frame), strict=True))
-    rows = spark.createDataFrame(frame).select("image_id", rule.column().alias("s")).collect()
+    rows = spark.createDataFrame(frame).select("image_id", F.expr(rule.sql()).alias("s")).collect()
     assert {r["image_id"]: r["s"] for r in rows} == expected
     shares = pd.Series(list(expected.values())).value_counts(normalize=True)
     assert abs(shares["train"] - 0.6) < 0.1 and abs(shares["test"] - 0.2) < 0.1

@@ -3,11 +3,20 @@
 Histology and mammography are different modalities, so by default each gets its own models. The
 paper's single model over all four collections is kept as ``paper_all`` to reproduce it, with the
 warning that the modality alone then predicts much of the label.
+
+Which tile rows belong to a task is defined once (:meth:`Task.row_terms`) and rendered in the two forms
+that read tiles: Spark SQL (:meth:`Task.sql_condition`, for the driver's plans and Delta file pruning)
+and a pandas mask (:meth:`Task.rows_of`, inside training readers and evaluation). The split a row belongs
+to is :class:`SplitRule`'s, in the same two forms.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import pandas as pd
 
 MAMMOGRAPHY = ("mias", "ddsm", "cbis_ddsm")
 NO_NORMALS = {
@@ -29,6 +38,27 @@ class Task:
     warning: str | None = None
     external: tuple[str, ...] = ()
     """Collections of the same modality kept out of training and evaluated whole (external validation)."""
+
+    def row_terms(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The one definition of the task's rows: ``(column, allowed values)`` terms that must all hold."""
+        terms = [("collection", self.collections), ("label", tuple(self.label_map))]
+        return terms if self.modality == "any" else [("modality", (self.modality,)), *terms]
+
+    def sql_condition(self) -> str:
+        """The task's rows as a Spark SQL condition over the tiles table."""
+        parts = []
+        for column, values in self.row_terms():
+            quoted = ", ".join(f"'{v}'" for v in values)
+            parts.append(f"{column} = {quoted}" if len(values) == 1 and column == "modality" else
+                         f"{column} IN ({quoted})")
+        return " AND ".join(parts)
+
+    def rows_of(self, frame: pd.DataFrame) -> np.ndarray:
+        """The task's rows of a pandas frame of tiles, as a boolean mask (the same rows as the SQL form)."""
+        keep = np.ones(len(frame), dtype=bool)
+        for column, values in self.row_terms():
+            keep &= frame[column].isin(list(values)).to_numpy()
+        return keep
 
     def on_external(self) -> Task:
         """The task as evaluated on its external collections."""
@@ -92,3 +122,36 @@ TASKS: dict[str, Task] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Which split a tile belongs to: the stored split (by patient, always, for real models), or, for the
+    leakage audit only, a random split by image (what the paper did), drawn from the image's content hash
+    so Spark and pandas agree on it without a table of their own.
+    """
+
+    by: Literal["patient", "image"] = "patient"
+    train: float = 0.6
+    val: float = 0.2
+
+    def of(self, frame: pd.DataFrame) -> pd.Series:
+        """The split of each row of ``frame`` (columns ``split`` and ``image_id``)."""
+        if self.by == "patient":
+            return frame["split"]
+        u = frame["image_id"].str[:8].map(lambda h: int(h, 16)).to_numpy() / 2**32
+        named = np.where(u < self.train, "train", np.where(u < self.train + self.val, "val", "test"))
+        return pd.Series(named, index=frame.index)
+
+    def sql(self) -> str:
+        """The same, as a Spark SQL expression."""
+        if self.by == "patient":
+            return "split"
+        u = "CAST(conv(substring(image_id, 1, 8), 16, 10) AS DOUBLE) / 4294967296"
+        return (
+            f"CASE WHEN {u} < {self.train!r} THEN 'train' "
+            f"WHEN {u} < {self.train + self.val!r} THEN 'val' ELSE 'test' END"
+        )
+
+
+BY_PATIENT = SplitRule()
