@@ -4,13 +4,16 @@ The YAML files ship inside this package, so a job sent to a cluster with ``--py-
 configuration next to the code. A profile is a packaged name (``local``, ``cluster``, ``tiny``) or a
 path to a YAML file of the user's; a profile may start with ``extends: <profile>`` to build on another.
 Every key remembers which file (or ``--set``) gave it, so a validation error names both the key and the
-file to fix, before any Spark work starts.
+file to fix, before any Spark work starts. ``base.yaml`` holds every key's default (the schema has
+none); task and network names are checked against their registries' names and local paths are made
+absolute here, on the driver (see :mod:`conf.schema`).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from conf.schema import Settings
+from conf.schema import Settings, absolute_path
 
 # Read through importlib.resources so the packaged YAML is found inside a --py-files zip too.
 PACKAGED: Traversable = files(__name__)
@@ -72,6 +75,8 @@ def _merge(
             _merge(target[key], value, origin, origins, f"{dotted}.")
         else:
             target[key] = value
+            for replaced in [k for k in origins if k.startswith(f"{dotted}.")]:
+                del origins[replaced]  # a section given whole replaces the keys under it
             origins[dotted] = origin
 
 
@@ -141,6 +146,13 @@ def _explain(exc: ValidationError, origins: dict[str, str]) -> str:
             hint = difflib.get_close_matches(str(loc[-1]), _known_keys(Settings, loc), n=1)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             lines.append(f"unknown key {key!r} in {origin}{suggestion}")
+        elif error["type"] == "missing":
+            lines.append(f"{key} has no value in {origin} (every key's default is in conf/base.yaml)")
+        elif error["type"] == "literal_error" and isinstance(error.get("input"), str):
+            allowed = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+            hint = difflib.get_close_matches(error["input"], allowed, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"{key} in {origin}: {error['input']!r} is not one of {allowed}{suggestion}")
         else:
             lines.append(f"{key} in {origin}: {error['msg']} (got {error.get('input')!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
@@ -189,4 +201,4 @@ def load_settings(config: str | None = None, overrides: list[str] | tuple[str, .
     return settings
 
 
-__all__ = ["ConfigError", "Settings", "load_settings", "parse_override", "profile_names"]
+__all__ = ["ConfigError", "Settings", "absolute_path", "load_settings", "parse_override", "profile_names"]

@@ -1,15 +1,50 @@
-"""Typed, validated configuration.
+"""Typed, validated configuration: the types and bounds of every key; the values live in ``base.yaml``.
 
 Every section is a frozen pydantic model that forbids unknown keys, so a misspelled key fails when the
-job starts instead of silently falling back to a default half-way through a cluster run.
+job starts instead of silently falling back to a default half-way through a cluster run. No field has a
+default: ``conf/base.yaml`` is the one place of the defaults, and a :class:`Settings` is built only by
+:func:`conf.load_settings` (a key missing from every layer is an error naming it).
+
+Names that other layers define (the tasks of :data:`core.tasks.TASKS`, the networks of
+:data:`model.networks.NETWORKS`) are spelled out here as ``Literal`` types, because this package may not
+import those layers; ``tests/conf/test_config.py`` checks that the lists agree. Local paths
+(``lakehouse.root``, ``synth.out``, ``sources.*``) are made absolute against the current directory when
+the settings are loaded on the driver, so executors never resolve them against their own working
+directories; URIs (anything with ``://``) are kept as given.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# The registered tasks (core.tasks.TASKS) and networks (model.networks.NETWORKS).
+TaskName = Literal[
+    "mammo_normal_vs_abnormal",
+    "mammo_benign_vs_malignant",
+    "mammo_benign_vs_malignant_external",
+    "histo_benign_vs_malignant",
+    "paper_all",
+]
+NetworkName = Literal["alexnet_like", "compact"]
+
+
+def absolute_path(location: str) -> str:
+    """``location`` made absolute against the current directory (``~`` expanded); URIs are kept as given.
+
+    Jobs apply it to local paths from their command line too (``--source``, ``--landing``): a relative
+    path handed to an executor would be resolved against that executor's working directory.
+    """
+    if not location or "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+# A local folder or a URI; a local one is stored absolute (see absolute_path).
+LocalPath = Annotated[str, AfterValidator(absolute_path)]
 
 
 class Section(BaseModel):
@@ -19,15 +54,15 @@ class Section(BaseModel):
 
 
 class SparkSettings(Section):
-    master: str = "local[*]"
-    shuffle_partitions: int = Field(8, ge=1)
-    ui: bool = False
-    log_level: str = "WARN"
-    conf: dict[str, str] = Field(default_factory=dict)
+    master: str
+    shuffle_partitions: int = Field(ge=1)
+    ui: bool
+    log_level: str
+    conf: dict[str, str]
 
 
 class LakehouseSettings(Section):
-    root: str = "./lakehouse"
+    root: LocalPath
 
     def table(self, name: str) -> str:
         """The location of a table: tables are addressed by path, so no metastore is needed."""
@@ -35,59 +70,59 @@ class LakehouseSettings(Section):
 
 
 class MlflowSettings(Section):
-    tracking_uri: str | None = None
-    registry_uri: str | None = None
-    experiment: str = "oncolake"
+    tracking_uri: str | None
+    registry_uri: str | None
+    experiment: str
 
 
 class PrivacySettings(Section):
-    secret_env: str = "ONCOLAKE_PSEUDONYM_SECRET"
-    allow_demo_secret: bool = True
-    hash_source_paths: bool = False
+    secret_env: str
+    allow_demo_secret: bool
+    hash_source_paths: bool
 
 
 class SourcesSettings(Section):
     """Where each collection's download lives; ``None`` skips that collection."""
 
-    breakhis: str | None = None
-    mias: str | None = None
-    ddsm: str | None = None
-    cbis_ddsm: str | None = None
+    breakhis: LocalPath | None
+    mias: LocalPath | None
+    ddsm: LocalPath | None
+    cbis_ddsm: LocalPath | None
 
 
 class SynthSettings(Section):
-    out: str = "./data/synthetic"
-    images: int = Field(400, ge=8)
-    downscale: float | None = Field(None, gt=0)
-    seed: int = 0
-    landing_images: int = Field(12, ge=0)  # new unlabelled images written to <out>/landing for scoring
+    out: LocalPath
+    images: int = Field(ge=8)
+    downscale: float | None = Field(gt=0)
+    seed: int
+    landing_images: int = Field(ge=0)  # new unlabelled images written to <out>/landing for scoring
 
 
 class NormaliseSettings(Section):
     """Normalised image sizes: rows after cropping to the breast (mammography) or as is (histology)."""
 
-    mammography_height: int = Field(672, ge=64)
-    histology_height: int = Field(448, ge=64)
+    mammography_height: int = Field(ge=64)
+    histology_height: int = Field(ge=64)
 
 
 class TileSettings(Section):
-    size: int = Field(224, ge=16)
-    stride: int = Field(224, ge=8)
+    size: int = Field(ge=16)
+    stride: int = Field(ge=8)
     # Tiles with less tissue than this fraction are background and are dropped.
-    min_tissue: float = Field(0.3, ge=0, le=1)
+    min_tissue: float = Field(ge=0, le=1)
     # A tile takes a finding's label when the overlap reaches this (|tile ∩ finding| / min of the areas).
-    overlap_threshold: float = Field(0.5, gt=0, le=1)
+    overlap_threshold: float = Field(gt=0, le=1)
 
 
 class SplitSettings(Section):
     """Patient-level split fractions; assigned once and stored, never recomputed."""
 
-    train: float = Field(0.6, gt=0, lt=1)
-    val: float = Field(0.2, ge=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(ge=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+    seed: int
     # Images whose perceptual hashes differ in at most this many of 64 bits are the same picture.
-    link_max_hamming: int = Field(6, ge=0, le=32)
+    link_max_hamming: int = Field(ge=0, le=32)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitSettings:
@@ -102,49 +137,45 @@ class SplitSettings(Section):
 class AugmentSettings(Section):
     """Training-time augmentation of a tile: the variations it could have had anyway."""
 
-    flip: bool = True
-    rotate_degrees: float = Field(10.0, ge=0, le=180)  # uniform in [-d, d]
-    gain: float = Field(0.1, ge=0, lt=1)  # intensity multiplied by uniform [1-g, 1+g]
-    bias: float = Field(0.1, ge=0, lt=1)  # then shifted by uniform [-b, b] (normalised units)
+    flip: bool
+    rotate_degrees: float = Field(ge=0, le=180)  # uniform in [-d, d]
+    gain: float = Field(ge=0, lt=1)  # intensity multiplied by uniform [1-g, 1+g]
+    bias: float = Field(ge=0, lt=1)  # then shifted by uniform [-b, b] (normalised units)
 
 
 class AggregationSettings(Section):
     """Tile scores -> image score -> patient score; recorded on every registered model version."""
 
-    rule: Literal["top_k_mean"] = "top_k_mean"
-    image_top_k: int = Field(3, ge=1)
-    patient_top_k: int = Field(1, ge=1)
+    rule: Literal["top_k_mean"]
+    image_top_k: int = Field(ge=1)
+    patient_top_k: int = Field(ge=1)
 
 
 class TrainSettings(Section):
     """Distributed training: one model per task, Horovod workers on the Spark executors."""
 
-    tasks: tuple[str, ...] = (
-        "mammo_normal_vs_abnormal",
-        "mammo_benign_vs_malignant",
-        "histo_benign_vs_malignant",
-    )
-    network: str = "compact"
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(0.005, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
+    tasks: tuple[TaskName, ...] = Field(min_length=1)
+    network: NetworkName
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
     # Mean and spread of normalised 8-bit tiles (0-1): inputs become roughly zero-centred, unit variance.
-    pixel_mean: float = Field(0.45, ge=0, le=1)
-    pixel_std: float = Field(0.25, gt=0)
-    augment: AugmentSettings = AugmentSettings()
-    warmup_epochs: float = Field(1.0, ge=0)
-    patience: int = Field(3, ge=1)
+    pixel_mean: float = Field(ge=0, le=1)
+    pixel_std: float = Field(gt=0)
+    augment: AugmentSettings
+    warmup_epochs: float = Field(ge=0)
+    patience: int = Field(ge=1)
     # Horovod processes; null means one per executor core (spark.default.parallelism).
-    num_proc: int | None = Field(None, ge=1)
-    reader_workers: int = Field(2, ge=1)
-    seed: int = 0
+    num_proc: int | None = Field(ge=1)
+    reader_workers: int = Field(ge=1)
+    seed: int
     # Registered model names are <model_prefix><task>.
-    model_prefix: str = "oncolake-"
+    model_prefix: str
     # Also train each task on a random image-level split (the paper's mistake) and report its figures
     # beside the real ones, so the inflation is visible. Doubles training time; never registered.
-    leakage_audit: bool = False
+    leakage_audit: bool
 
 
 class EvaluateSettings(Section):
@@ -153,30 +184,30 @@ class EvaluateSettings(Section):
     # How the image-level decision threshold is chosen on the validation split: the highest threshold
     # reaching ``target_sensitivity`` ("sensitivity"), or the one maximising sensitivity + specificity
     # ("youden").
-    threshold_rule: Literal["sensitivity", "youden"] = "sensitivity"
-    target_sensitivity: float = Field(0.9, gt=0, le=1)
-    bootstrap_rounds: int = Field(1000, ge=10)
+    threshold_rule: Literal["sensitivity", "youden"]
+    target_sensitivity: float = Field(gt=0, le=1)
+    bootstrap_rounds: int = Field(ge=10)
     # Reports are written under <lakehouse.root>/<reports>/<model name>/v<version>/.
-    reports: str = "reports"
+    reports: str
 
 
 class Settings(Section):
     """The whole configuration of a job."""
 
-    spark: SparkSettings = SparkSettings()
-    lakehouse: LakehouseSettings = LakehouseSettings()
-    mlflow: MlflowSettings = MlflowSettings()
-    privacy: PrivacySettings = PrivacySettings()
-    sources: SourcesSettings = SourcesSettings()
-    synth: SynthSettings = SynthSettings()
-    normalise: NormaliseSettings = NormaliseSettings()
-    tiles: TileSettings = TileSettings()
-    split: SplitSettings = SplitSettings()
-    train: TrainSettings = TrainSettings()
-    evaluate: EvaluateSettings = EvaluateSettings()
-    aggregation: AggregationSettings = AggregationSettings()
+    spark: SparkSettings
+    lakehouse: LakehouseSettings
+    mlflow: MlflowSettings
+    privacy: PrivacySettings
+    sources: SourcesSettings
+    synth: SynthSettings
+    normalise: NormaliseSettings
+    tiles: TileSettings
+    split: SplitSettings
+    train: TrainSettings
+    evaluate: EvaluateSettings
+    aggregation: AggregationSettings
     # The profile the values came from, recorded with tables and runs; set by the loader.
-    profile: str = "local"
+    profile: str
 
     @model_validator(mode="after")
     def _tracking_needs_a_uri_off_local_disk(self) -> Settings:

@@ -4,6 +4,11 @@ Delta's jars come from Maven Central the first time (through Spark's own Ivy res
 outside the clone); every later session, on this machine or a cluster node with the same cache, is
 given the cached jar files directly, so starting a job needs no network. Under ``spark-submit`` the
 user's ``--packages``/``--jars`` take precedence over both.
+
+Output is quiet (:func:`core.quiet.quiet`): called when this module is imported (every job imports it
+before the model and pipeline code whose imports warn) and again in :func:`build_spark`; executors get
+``ONCOLAKE_QUIET`` so the code their Python workers run first applies the same filters. Long stages
+show Spark's own console progress bar (``spark.ui.showConsoleProgress``) on stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from conf import CONF_DIR, Settings
+from core.quiet import QUIET_ENV, quiet
+
+quiet()
 
 SCALA_VERSION = "2.13"
 DELTA_VERSION = importlib.metadata.version("delta-spark")
@@ -65,7 +73,10 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.ui.enabled": str(settings.spark.ui).lower(),
-        "spark.ui.showConsoleProgress": "false",
+        # One line on stderr, redrawn in place while a stage runs (not when stages take under 0.5 s).
+        "spark.ui.showConsoleProgress": "true",
+        # The driver's choice of quiet output reaches the executors' Python workers (core.quiet).
+        f"spark.executorEnv.{QUIET_ENV}": os.environ.get(QUIET_ENV, "1"),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Rows of images or tiles reach a Python worker in batches of this many: memory stays bounded
         # whatever the partition size (the default, 10,000 rows, would be gigabytes of pixels).
@@ -94,6 +105,7 @@ def build_spark(settings: Settings, app: str) -> SparkSession:
     Returns:
         The session; tables are then addressed by path under ``settings.lakehouse.root``.
     """
+    quiet()
     if _local_master(settings.spark.master):
         # Bind to loopback: a local job has no business listening on the machine's public address.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
