@@ -45,7 +45,9 @@ import torch
 from common import PeakMemory, build_tiles, corpus_arguments, is_jvm
 
 from conf import load_settings
+from core.aggregation import AggregationRule
 from jobs.session import build_spark
+from model.data import TileInput
 from model.networks import build_network
 from model.pyfunc import LOAD_LOG_ENV
 from model.tracking import log_tile_model, register, use_tracking
@@ -55,18 +57,21 @@ from pipelines.io import read_table, table_exists
 
 CLASSES = ["benign", "malignant"]
 LOAD_LOG = Path(tempfile.gettempdir()) / "oncolake-bench-score-loads.txt"
-MODEL = scoring.ScoringModel("bench-score", "1", None, tuple(CLASSES), "malignant", 0.5)
 
 
-def registered_model(settings, example: list[bytes]) -> str:
-    """An untrained network of the configured kind, logged and registered as scoring expects; its URI."""
+def registered_model(settings, example: list[bytes]) -> tuple[str, scoring.ScoringModel]:
+    """An untrained network of the configured kind, logged and registered with the tags scoring reads
+    (threshold, aggregation rule); its URI and the :class:`pipelines.scoring.ScoringModel` applied."""
     use_tracking(settings)
     torch.manual_seed(0)
     net = build_network(settings.train.network, len(CLASSES))
+    tile_input = TileInput.from_settings(settings)
     with mlflow.start_run(run_name="bench-score"):
-        info = log_tile_model(net.state_dict(), settings.train.network, CLASSES, 1.0, example)
-    version = register(info.model_uri, "bench-score", {"threshold": "0.5"}, "benchmark model")
-    return f"models:/bench-score/{version}"
+        info = log_tile_model(net.state_dict(), settings.train.network, CLASSES, 1.0, example, tile_input)
+    rule = AggregationRule(**settings.aggregation.model_dump())
+    version = register(info.model_uri, "bench-score", {"threshold": "0.5", **rule.tags()}, "benchmark model")
+    model = scoring.ScoringModel("bench-score", version, None, tuple(CLASSES), "malignant", 0.5, rule)
+    return f"models:/bench-score/{version}", model
 
 
 def timed(run, repeats: int) -> float:
@@ -86,15 +91,15 @@ def plain(model_uri: str, pixels: pd.DataFrame, cores: int, repeats: int) -> flo
     return timed(lambda: model.predict(pixels), repeats)
 
 
-def spark_udf(spark, model_uri: str, tiles, partitions: int, repeats: int):
+def spark_udf(spark, model_uri: str, model: scoring.ScoringModel, tiles, partitions: int, repeats: int):
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type(CLASSES), env_manager="local")
-    scored = scoring.score_tiles(tiles, udf, MODEL, partitions)
+    scored = scoring.score_tiles(tiles, udf, model, partitions)
     return timed(lambda: scored.write.format("noop").mode("overwrite").save(), repeats), udf
 
 
-def predict_batch(spark, model_uri: str, tiles, partitions: int, repeats: int):
+def predict_batch(spark, model_uri: str, model: scoring.ScoringModel, tiles, partitions: int, repeats: int):
     udf = tile_udf(spark, model_uri, CLASSES)  # what the score job uses
-    scored = scoring.score_tiles(tiles, udf, MODEL, partitions)
+    scored = scoring.score_tiles(tiles, udf, model, partitions)
     return timed(lambda: scored.write.format("noop").mode("overwrite").save(), repeats), udf
 
 
@@ -137,7 +142,7 @@ def main() -> None:
         tiles = read_table(spark, tiles_path).select("image_id", "collection", "modality", "pixels")
         pixels = tiles.select("pixels").toPandas()
         n = len(pixels)
-        model_uri = registered_model(settings, list(pixels["pixels"][:2]))
+        model_uri, model = registered_model(settings, list(pixels["pixels"][:2]))
         print(f"data: {n} tiles; model {model_uri} ({settings.train.network})", flush=True)
 
         seconds = {"plain": plain(model_uri, pixels, args.cores, args.repeats)}
@@ -146,7 +151,7 @@ def main() -> None:
         partitions = scoring.task_count(args.cores, tiles.select("image_id").distinct().count())  # as the job
         loads = {}
         for name, measure in (("spark_udf", spark_udf), ("predict_batch_udf", predict_batch)):
-            seconds[name], udf = measure(spark, model_uri, tiles, partitions, args.repeats)
+            seconds[name], udf = measure(spark, model_uri, model, tiles, partitions, args.repeats)
             loads[name] = drain_loads()
             print(
                 f"{name:18} {n / seconds[name]:8.1f} tiles/s; model loads per Python worker (pid: loads) "
@@ -159,7 +164,7 @@ def main() -> None:
             grown = tiles
             for _ in range(times - 1):
                 grown = grown.unionByName(tiles)
-            scored = scoring.score_tiles(grown, udf, MODEL, partitions)
+            scored = scoring.score_tiles(grown, udf, model, partitions)
             with PeakMemory({"spark": spark_processes}) as peak:
                 scored.write.format("noop").mode("overwrite").save()
             memory[f"{times}x"] = {"tiles": n * times, "peak_rss_mb": round(peak.peak["spark"] / 2**20)}

@@ -2,8 +2,10 @@
 
 Its input is exactly the tiles table's encoding (a ``pixels`` column of PNG bytes), so a Spark UDF built
 from the registered model can be applied to the tiles table as it is. The network's weights, its name,
-the class names and the calibration temperature travel as artifacts; the code travels with the model
-(``code_paths``), so loading it needs no oncolake install.
+the class names, the calibration temperature and how tiles are fed to the network (size, pixel mean and
+spread) travel as artifacts; the code travels with the model (``code_paths``: this module and what it
+imports from ``model/`` and ``core/``, see :func:`model.tracking.pyfunc_code`), so loading it needs no
+oncolake install.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ class TileClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
+        from model.data import TileInput
         from model.networks import build_network
 
         spec = json.loads(Path(context.artifacts["spec"]).read_text())
         self.classes: list[str] = spec["classes"]
         self.temperature = float(spec["temperature"])
         self.batch_size = int(spec.get("batch_size", 64))
+        # None: logged before the tile input was recorded (model.inference.LEGACY_INPUT)
+        self.tile_input = TileInput(**spec["tile_input"]) if "tile_input" in spec else None
         self.net = build_network(spec["network"], len(self.classes))
         self.net.load_state_dict(
             torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
@@ -54,5 +59,7 @@ class TileClassifier(mlflow.pyfunc.PythonModel):
         from model.inference import predict_tiles
 
         pixels = list(model_input["pixels"])
-        probabilities = predict_tiles(self.net, pixels, len(self.classes), self.temperature, self.batch_size)
+        probabilities = predict_tiles(
+            self.net, pixels, len(self.classes), self.temperature, self.batch_size, self.tile_input
+        )
         return pd.DataFrame(probabilities, columns=[f"p_{c}" for c in self.classes])

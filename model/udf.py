@@ -42,15 +42,22 @@ def tile_udf(
     spark.sparkContext.addFile(str(local), recursive=True)
     shipped = local.name
 
-    def make_predict_fn() -> Callable:
+    def make_predict_fn() -> Callable:  # runs in each Python worker, once (Spark's ModelCache)
+        from core.quiet import quiet
+
+        quiet()
         import mlflow.pyfunc
         import pandas as pd
         from pyspark import SparkFiles
 
-        model = mlflow.pyfunc.load_model(SparkFiles.get(shipped))
+        # Loading puts the model's own code (a subset of model/ and core/) first on sys.path: import this
+        # worker's model package first, so that later tasks in the same worker still find all of it.
+        import model.pyfunc  # noqa: F401
+
+        loaded = mlflow.pyfunc.load_model(SparkFiles.get(shipped))
 
         def predict(pixels):
-            out = model.predict(pd.DataFrame({"pixels": list(pixels)}))
+            out = loaded.predict(pd.DataFrame({"pixels": list(pixels)}))
             return {column: out[column].to_numpy() for column in out.columns}
 
         return predict

@@ -1,13 +1,13 @@
 """Bulk scoring: tiles through a registered model's Spark UDF, aggregated to image predictions.
 
-DataFrame in, DataFrame out; the job (``jobs/score.py``) resolves the model and writes the result. The
-tile-to-image rule is :func:`core.aggregation.aggregate`, the one evaluation reports figures with, and
-the decision threshold is the one recorded on the model version.
+DataFrame in, DataFrame out; :func:`model.scoring.score_images` resolves the model version and writes
+the result. What is applied travels as a :class:`ScoringModel` of plain values read from the version: its
+tile -> image rule (a :class:`core.aggregation.AggregationRule`, the one evaluation reports figures with)
+and its decision threshold. Nothing here imports ``model/``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +16,10 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from core.aggregation import AggregationRule
+from core.ids import stable_id
+from core.quiet import quiet
 
 PREDICTION_SCHEMA = T.StructType(
     [
@@ -39,7 +43,11 @@ PREDICTION_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class ScoringModel:
-    """The model version being applied, as plain values (shipped to the executors)."""
+    """The model version being applied, as plain values (shipped to the executors).
+
+    ``threshold`` and ``aggregation`` are the ones recorded on the version (:mod:`model.registry`), never
+    a default: a version without them is not scored.
+    """
 
     name: str
     version: str
@@ -47,11 +55,12 @@ class ScoringModel:
     classes: tuple[str, ...]
     positive: str
     threshold: float
+    aggregation: AggregationRule
 
 
 def prediction_id(image_id: str, model: str, version: str) -> str:
     """The predictions table's key: one row per image and model version."""
-    return hashlib.sha256("\x1f".join((image_id, model, version)).encode()).hexdigest()[:32]
+    return stable_id(image_id, model, version)
 
 
 def image_sources(
@@ -83,6 +92,16 @@ def image_sources(
     return images, tiles
 
 
+def of_modality(images: DataFrame, modality: str) -> DataFrame:
+    """The images a task of ``modality`` scores (``any``: all of them)."""
+    return images if modality == "any" else images.where(F.col("modality") == modality)
+
+
+def scored_by(predictions: DataFrame, model: ScoringModel) -> DataFrame:
+    """The rows of the predictions table written by this model version."""
+    return predictions.where((F.col("model") == model.name) & (F.col("version") == model.version))
+
+
 def unscored(images: DataFrame, predictions: DataFrame | None, model: ScoringModel) -> DataFrame:
     """Images that this model version has not scored yet (re-runs score nothing twice).
 
@@ -96,8 +115,7 @@ def unscored(images: DataFrame, predictions: DataFrame | None, model: ScoringMod
     """
     if predictions is None:
         return images
-    done = predictions.where((F.col("model") == model.name) & (F.col("version") == model.version))
-    return images.join(done.select("image_id"), "image_id", "left_anti")
+    return images.join(scored_by(predictions, model).select("image_id"), "image_id", "left_anti")
 
 
 IMAGES_PER_TASK = 1000
@@ -136,21 +154,21 @@ def score_tiles(
 
 
 def image_predictions(tile_scores: DataFrame, model: ScoringModel) -> DataFrame:
-    """Executors: tile scores aggregated per image, thresholded into the predictions table's rows.
+    """Executors: tile scores aggregated per image by the version's rule, thresholded into the
+    predictions table's rows.
 
     Args:
         tile_scores: :func:`score_tiles` output.
-        model: the version being applied (threshold, classes, positive class).
+        model: the version being applied (aggregation rule, threshold, classes, positive class).
 
     Returns:
         Rows of :data:`PREDICTION_SCHEMA`.
     """
     columns = PREDICTION_SCHEMA.fieldNames()
 
-    def aggregate_image(frame: pd.DataFrame) -> pd.DataFrame:
-        from core.aggregation import aggregate
-
-        row = aggregate(frame, "image_id", model.classes, model.positive).iloc[0]
+    def aggregate_image(frame: pd.DataFrame) -> pd.DataFrame:  # in Spark's Python workers
+        quiet()
+        row = model.aggregation.images(frame, model.classes, model.positive).iloc[0]
         probabilities = {c: float(row[f"p_{c}"]) for c in model.classes}
         p_positive = probabilities[model.positive]
         others = {c: p for c, p in probabilities.items() if c != model.positive}

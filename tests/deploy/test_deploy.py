@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jobs.score import build_parser
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def _score_args(command: str) -> list[str]:

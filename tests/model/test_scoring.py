@@ -1,5 +1,6 @@
 """Bulk scoring with registered models as Spark UDFs: routing by modality, incremental and idempotent runs,
-a new champion version, UDF probabilities equal to the model's own output, and a landing folder of new
+a new champion version, UDF probabilities equal to the model's own output, a version without its
+threshold or aggregation rule refused (never scored with a default), and a landing folder of new
 unlabelled images (PNG 8/16-bit, PGM, DICOM) with corrupt and unroutable files quarantined."""
 
 from __future__ import annotations
@@ -17,48 +18,65 @@ from pydicom.data import get_testdata_file
 from pyspark.sql import SparkSession
 
 from conf import Settings, load_settings
-from jobs import ingest as ingest_job
-from jobs import score as score_job
-from core.aggregation import aggregate
-from model.networks import build_network
+from core.aggregation import AggregationRule
 from core.tasks import TASKS
+from jobs import score as score_job
+from model.data import TileInput
+from model.networks import build_network
+from model.registry import VersionIncomplete, model_name
+from model.scoring import score_images, scoring_model
 from model.tracking import CHAMPION, log_tile_model, register, use_tracking
-from pipelines.io import current_version, merge_into, read_table
+from pipelines.io import current_version, read_table
 from pipelines.sources import landing
-from pipelines.tiles import TileOptions, cut_tiles, with_findings
 from synth import landing as synth_landing
 
 TASK_NAMES = ("histo_benign_vs_malignant", "mammo_normal_vs_abnormal")
 
 
-def _register(settings: Settings, task_name: str, seed: int, example: list[bytes]) -> str:
-    """A real (untrained) network logged and registered as the task's champion: scoring mechanics only."""
+def _rule(settings: Settings) -> AggregationRule:
+    return AggregationRule(**settings.aggregation.model_dump())
+
+
+def _register(
+    settings: Settings, task_name: str, seed: int, example: list[bytes], tags: dict[str, str] | None = None
+) -> str:
+    """A real (untrained) network logged and registered as the task's champion: scoring mechanics only.
+
+    ``tags`` default to what training records: a threshold and the aggregation rule."""
     task = TASKS[task_name]
     torch.manual_seed(seed)
     net = build_network(settings.train.network, len(task.classes))
+    tile_input = TileInput.from_settings(settings)
     with mlflow.start_run(run_name=f"score-test-{task_name}"):
-        info = log_tile_model(net.state_dict(), settings.train.network, list(task.classes), 1.0, example)
-    name = f"{settings.train.model_prefix}{task_name}"
-    version = register(info.model_uri, name, {"threshold": "0.5", "task": task_name}, "scoring test model")
+        info = log_tile_model(
+            net.state_dict(), settings.train.network, list(task.classes), 1.0, example, tile_input
+        )
+    name = model_name(settings, task_name)
+    if tags is None:
+        tags = {"threshold": "0.5", "task": task_name, **_rule(settings).tags()}
+    version = register(info.model_uri, name, tags, "scoring test model")
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
     return version
 
 
+def _example(spark: SparkSession, settings: Settings) -> list[bytes]:
+    return list(
+        read_table(spark, settings.lakehouse.table("tiles")).select("pixels").limit(2).toPandas()["pixels"]
+    )
+
+
 @pytest.fixture(scope="module")
-def lake(spark: SparkSession, corpus, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    out, manifest = corpus
+def lake(spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session's ingested and tiled corpus, copied into a lakehouse (and MLflow store) of this module's
+    own: the predictions, landing tables and registered models these tests count are theirs alone."""
     root = tmp_path_factory.mktemp("score")
+    for table in ("images", "tiles"):
+        shutil.copytree(tiles.lakehouse.table(table), Path(root) / table)
     settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
-    sources = {name: str(out / manifest[name]["root"]) for name in ("breakhis", "mias")}
-    ingest_job.run(spark, settings, sources, b"score-test")
-    images = read_table(spark, settings.lakehouse.table("images"))
-    annotations = read_table(spark, settings.lakehouse.table("annotations"))
-    tiles = cut_tiles(with_findings(images, annotations), TileOptions(224, 224, 0.3, 0.5))
-    merge_into(spark, tiles, settings.lakehouse.table("tiles"), ["tile_id"])
     use_tracking(settings)
-    example = read_table(spark, settings.lakehouse.table("tiles")).select("pixels").limit(2).toPandas()
+    example = _example(spark, settings)
     for task_name in TASK_NAMES:
-        _register(settings, task_name, 0, list(example["pixels"]))
+        _register(settings, task_name, 0, example)
     return settings
 
 
@@ -101,8 +119,7 @@ def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake:
     assert current_version(spark, lake.lakehouse.table("predictions")) == version
 
     # A new champion scores everything again under its own version; the old rows stay.
-    example = read_table(spark, lake.lakehouse.table("tiles")).select("pixels").limit(2).toPandas()
-    new = _register(lake, "histo_benign_vs_malignant", 1, list(example["pixels"]))
+    new = _register(lake, "histo_benign_vs_malignant", 1, _example(spark, lake))
     third = _score(lake, tmp_path)
     assert third["scored"] == per_modality["histology"]
     versions = predictions.where("model = 'oncolake-histo_benign_vs_malignant'").groupBy("version").count()
@@ -123,10 +140,31 @@ def test_udf_probabilities_equal_the_models_own_output(spark: SparkSession, lake
     )
     model = mlflow.pyfunc.load_model(f"models:/{name}/{row['version']}")
     own = pd.concat([tiles[["image_id"]], model.predict(tiles[["pixels"]])], axis=1)
-    expected = aggregate(own, "image_id", ("normal", "abnormal"), "abnormal").iloc[0]
+    expected = _rule(lake).images(own, ("normal", "abnormal"), "abnormal").iloc[0]
     assert row["tiles"] == len(tiles)
     assert np.isclose(row["p_positive"], expected["p_abnormal"], atol=1e-6)
     assert np.isclose(row["probabilities"]["normal"], expected["p_normal"], atol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["threshold", "aggregation.image_top_k"])
+def test_a_version_without_its_threshold_or_rule_is_skipped_not_scored_with_a_default(
+    spark: SparkSession, lake: Settings, missing: str
+) -> None:
+    task_name = "mammo_benign_vs_malignant"  # a model of its own: the other tests' counts stay theirs
+    tags = {"threshold": "0.5", "task": task_name, **_rule(lake).tags()}
+    del tags[missing]
+    version = _register(lake, task_name, 2, _example(spark, lake), tags)
+    with pytest.raises(VersionIncomplete, match=f"v{version}.*{missing.split('.')[0]}"):
+        scoring_model(lake, task_name)
+    lines: list[str] = []
+    summary = score_images(spark, lake, [task_name], echo=lines.append)
+    assert summary.scored == 0 and summary.already_scored == 0
+    assert len(summary.skipped) == 1 and missing.split(".")[0] in summary.skipped[0]
+    assert any(line.endswith(": skipped") and missing.split(".")[0] in line for line in lines)
+    path = Path(lake.lakehouse.table("predictions"))
+    if path.exists():
+        written = read_table(spark, str(path)).where(f"model = '{model_name(lake, task_name)}'")
+        assert written.count() == 0
 
 
 def test_landing_scan_routes_by_tag_folder_and_default(tmp_path: Path) -> None:
