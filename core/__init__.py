@@ -1,4 +1,4 @@
-"""The small, dependency-free layer that every other one shares: ``jobs -> model -> pipelines -> core -> conf``.
+"""The small, dependency-free layer every other one shares (``jobs -> model -> pipelines -> core -> conf``).
 
 Nothing here imports Spark, torch, MLflow or Petastorm (numpy, pandas and Pillow only), so the same code
 runs on the driver, inside Spark's Python workers, inside training workers and inside a logged model:

@@ -49,8 +49,11 @@ class AggregationRule:
     def from_tags(cls, tags: Mapping[str, str]) -> AggregationRule:
         """The rule recorded on a model version; a version without one raises (no silent default)."""
         try:
-            return cls(tags["aggregation.rule"], int(tags["aggregation.image_top_k"]),
-                       int(tags["aggregation.patient_top_k"]))
+            return cls(
+                tags["aggregation.rule"],
+                int(tags["aggregation.image_top_k"]),
+                int(tags["aggregation.patient_top_k"]),
+            )
         except KeyError as exc:
             raise KeyError(f"the model version records no aggregation rule ({exc.args[0]} missing)") from None
 

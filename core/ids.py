@@ -14,7 +14,7 @@ ID_LENGTH = 32  # hex characters kept (128 bits)
 
 
 def stable_id(*parts: object, length: int | None = ID_LENGTH) -> str:
-    """SHA-256 of ``parts`` (as text) joined by :data:`SEPARATOR`, as ``length`` hex characters (all 64 for None)."""
+    """SHA-256 of ``parts`` (as text) joined by :data:`SEPARATOR`, as ``length`` hex characters (None: 64)."""
     if any(p is None for p in parts):
         raise ValueError("stable_id: a part is None")
     digest = hashlib.sha256(SEPARATOR.join(str(p) for p in parts).encode()).hexdigest()

@@ -49,8 +49,11 @@ class Task:
         parts = []
         for column, values in self.row_terms():
             quoted = ", ".join(f"'{v}'" for v in values)
-            parts.append(f"{column} = {quoted}" if len(values) == 1 and column == "modality" else
-                         f"{column} IN ({quoted})")
+            parts.append(
+                f"{column} = {quoted}"
+                if len(values) == 1 and column == "modality"
+                else f"{column} IN ({quoted})"
+            )
         return " AND ".join(parts)
 
     def rows_of(self, frame: pd.DataFrame) -> np.ndarray:

@@ -12,7 +12,7 @@ from core.ids import SEPARATOR, stable_id, stable_id_sql
 
 
 def test_stable_id_is_sha256_over_fields_joined_by_the_unit_separator() -> None:
-    expected = hashlib.sha256("a\x1fb\x1f3".encode()).hexdigest()
+    expected = hashlib.sha256(b"a\x1fb\x1f3").hexdigest()
     assert SEPARATOR == "\x1f"
     assert stable_id("a", "b", 3) == expected[:32]
     assert stable_id("a", "b", 3, length=None) == expected

@@ -14,11 +14,9 @@ from core.tasks import TASKS, SplitRule
 
 def _tiles() -> pd.DataFrame:
     rows = []
-    for i, (collection, modality) in enumerate(
-        [("mias", "mammography"), ("ddsm", "mammography"), ("cbis_ddsm", "mammography"), ("breakhis", "histology")]
-        * 6
-    ):
-        label = ["normal", "benign", "malignant", None][i % 4]
+    kinds = [("mias", "mammography"), ("ddsm", "mammography"), ("cbis_ddsm", "mammography")]
+    for i, (collection, modality) in enumerate([*kinds, ("breakhis", "histology")] * 6):
+        label = ["normal", "benign", "malignant", None][(i // 4) % 4]
         image_id = hashlib.sha256(str(i).encode()).hexdigest()
         rows.append((f"t{i}", image_id, collection, modality, label, ["train", "val", "test"][i % 3]))
     return pd.DataFrame(rows, columns=["tile_id", "image_id", "collection", "modality", "label", "split"])
