@@ -9,26 +9,27 @@ It builds its own data: a synthetic corpus of ``--images`` images, the ingest jo
 Then, on the same training tiles, in the same run, it measures:
 
 ``horovod_1``, ``horovod_2``
-    the real training path: :func:`model.train.train_worker` in ``num_proc`` = 1 and 2 Horovod workers
-    through :func:`model.distributed.run_workers` on ``local[cores]``, each reading the tiles table's
+    the real training path: :func:`model.training.worker.train_worker` in ``num_proc`` = 1 and 2 Horovod
+    workers through :func:`model.distributed.run_workers` on ``local[cores]``, each reading the tiles table's
     Parquet files at the pinned version with Petastorm's ``make_batch_reader`` (decode + augment in the
-    reader's threads), with the plan ``fit_task`` would make. The figure is the images/s the workers
-    report (``history[i]["images_per_s"]``: task rows stepped / seconds of the epoch's step loop, summed
-    over workers), averaged over epochs 2..E: epoch 1 is warm-up (reader pool start, first row groups,
-    first allocations). Validation and checkpoints are outside that figure, but the reader threads keep
-    decoding and augmenting while rank 0 validates; so that this untimed prefetch does not flatter the
-    figure, rank 0 validates on a ``--val-tiles`` sample of the validation split (0: all of it).
+    reader's threads), with the plan ``fit_task`` makes (:meth:`model.training.common.TrainPlan.build`). The
+    figure is the images/s the workers report (``history[i]["images_per_s"]``: task rows stepped / seconds of
+    the epoch's step loop, summed over workers), averaged over epochs 2..E: epoch 1 is warm-up (reader pool
+    start, first row groups, first allocations). Validation and checkpoints are outside that figure, but the
+    reader threads keep decoding and augmenting while rank 0 validates; so that this untimed prefetch does not
+    flatter the figure, rank 0 validates on a ``--val-tiles`` sample of the validation split (0: all of it).
 ``plain``
     a plain loop in this process over the same training tiles, decoded once with
-    :func:`model.data.tile_to_array` into one tensor: the same network, loss (class weights), optimizer
-    (SGD, momentum 0.9, weight decay 1e-4), batch size, ``torch.set_num_threads(cores)`` and number of
-    timed steps as ``horovod_1`` (after 5 untimed warm-up steps), and no per-step data work at all.
-    It is timed once before and once after the Horovod runs and averaged.
+    :meth:`model.data.TileInput.batch` into one tensor: the same network, loss (class weights), optimizer (SGD
+    with the configured ``train.momentum`` and ``train.weight_decay``), batch size,
+    ``torch.set_num_threads(cores)`` and number of timed steps as ``horovod_1`` (after 5 untimed warm-up
+    steps), and no per-step data work at all. It is timed once before and once after the Horovod runs and
+    averaged.
 ``petastorm_reader``, ``petastorm_reader_no_augment``
-    the data path alone, in this process: :func:`model.train.training_batches`, as ``train_worker``
+    the data path alone, in this process: :func:`model.training.worker.training_batches`, as ``train_worker``
     reads (one shard: ``make_batch_reader`` + ``BatchedDataLoader`` + ``task_batches``), drained as fast as it
     delivers for the same number of batches (after one untimed epoch), with the augmentation that
-    ``train_worker`` always applies (:func:`model.data.augment`) and without it.
+    ``train_worker`` always applies (:class:`model.data.Augmentation`, ``train.augment``) and without it.
 
 Besides images/s it records CPU milliseconds per training image (all threads of the process), which a
 load from other processes on the machine disturbs much less than wall time, and from them the ratio to
@@ -46,13 +47,13 @@ from ``os.cpu_count()``, not from the Spark master.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,20 +63,14 @@ import torch
 from common import PeakMemory, build_tiles, corpus_arguments
 
 from conf import load_settings
+from core.quiet import quiet
+from core.tasks import TASKS, Task
 from jobs.session import build_spark
-from model.data import tile_to_array
+from model.data import READ_COLUMNS, TileInput, split_rows
 from model.distributed import run_workers
 from model.networks import build_network
-from core.tasks import TASKS, Task
-from model.train import (
-    TaskData,
-    TrainPlan,
-    class_weights,
-    row_groups,
-    task_data,
-    train_worker,
-    training_batches,
-)
+from model.training.common import TaskData, TrainPlan, row_groups, task_data
+from model.training.worker import train_worker, training_batches
 from pipelines.io import current_version, table_exists
 
 WARMUP_STEPS = 5
@@ -83,13 +78,8 @@ WARMUP_STEPS = 5
 
 def task_rows(files: tuple[str, ...], task: Task, split: str = "train"):
     """All rows of the files (pandas), with a boolean ``wanted``: the split's rows of the task."""
-    columns = ["split", "collection", "label", "pixels"]
-    frame = pq.ParquetDataset([f.removeprefix("file:") for f in files]).read(columns=columns).to_pandas()
-    frame["wanted"] = (
-        (frame["split"] == split)
-        & frame["collection"].isin(list(task.collections))
-        & frame["label"].isin(list(task.label_map))
-    )
+    frame = pq.ParquetDataset([f.removeprefix("file:") for f in files]).read(columns=READ_COLUMNS).to_pandas()
+    frame["wanted"] = split_rows(frame, task, split)
     return frame
 
 
@@ -106,29 +96,13 @@ def validation_sample(data: TaskData, task: Task, tiles: int, work: Path) -> tup
 
 
 def make_plan(
-    args, settings, task: Task, data: TaskData, num_proc: int, work: Path, val: tuple[tuple[str, ...], int]
+    settings, task: Task, data: TaskData, num_proc: int, work: Path, val: tuple[tuple[str, ...], int]
 ) -> TrainPlan:
-    """The plan ``fit_task`` would make, but for ``val`` (files, tiles) and patience past the last epoch."""
-    train_counts = data.counts["train"]
+    """The plan ``fit_task`` makes, but for ``val`` (files, tiles)."""
     directory = work / "checkpoints" / f"np{num_proc}"
     directory.mkdir(parents=True, exist_ok=True)
-    return TrainPlan(
-        task=task,
-        network=args.network or settings.train.network,
-        train_files=data.train_files,
-        val_files=val[0],
-        train_tiles=sum(train_counts.values()) // num_proc,
-        val_tiles=val[1],
-        class_weights=class_weights(task, train_counts),
-        epochs=args.epochs,
-        batch_size=args.batch_size or settings.train.batch_size,
-        learning_rate=settings.train.learning_rate,
-        warmup_epochs=settings.train.warmup_epochs,
-        patience=args.epochs + 1,
-        checkpoint_dir=str(directory),
-        seed=settings.train.seed,
-        reader_workers=settings.train.reader_workers,
-    )
+    plan = TrainPlan.build(settings, task, data, num_proc, str(directory))
+    return dataclasses.replace(plan, val_files=val[0], val_tiles=val[1])
 
 
 def horovod(spark, plan: TrainPlan, num_proc: int) -> dict:
@@ -154,7 +128,10 @@ class PlainLoop:
         self.images, self.targets, self.batch_size = images, targets, batch_size
         self.net = build_network(plan.network, len(plan.task.classes))
         self.optimizer = torch.optim.SGD(
-            self.net.parameters(), lr=plan.learning_rate, momentum=0.9, weight_decay=1e-4
+            self.net.parameters(),
+            lr=plan.learning_rate,
+            momentum=plan.momentum,
+            weight_decay=plan.weight_decay,
         )
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
         self.order, self.position = torch.randperm(len(images)), 0
@@ -241,11 +218,15 @@ def main() -> None:
             "train_worker sizes its torch threads from the latter",
             flush=True,
         )
-    warnings.filterwarnings("ignore", category=FutureWarning)  # Petastorm on this pyarrow, in this process
+    quiet()  # third-party warnings (Petastorm on this pyarrow) off in this process, as in the workers
     task = TASKS[args.task]
     work = Path(tempfile.mkdtemp(prefix="oncolake-bench-train-"))
     lake_root = args.lake or work / "lake"
-    settings = load_settings("local", [f"lakehouse.root={lake_root}", f"spark.master=local[{args.cores}]"])
+    overrides = [f"lakehouse.root={lake_root}", f"spark.master=local[{args.cores}]"]
+    overrides += [f"train.epochs={args.epochs}", f"train.patience={args.epochs + 1}"]  # no early stop
+    overrides += [f"train.network={args.network}"] if args.network else []
+    overrides += [f"train.batch_size={args.batch_size}"] if args.batch_size else []
+    settings = load_settings("local", overrides)
     spark = build_spark(settings, "bench-train")
     figures: dict[str, dict] = {}
     try:
@@ -278,13 +259,13 @@ def main() -> None:
             flush=True,
         )
         started = time.perf_counter()
-        images = torch.from_numpy(np.stack([tile_to_array(png) for png in train["pixels"]]))
+        images = torch.from_numpy(TileInput.from_settings(settings).batch(list(train["pixels"])))
         targets = torch.tensor(train["label"].map(task.label_map).to_numpy(dtype=np.int64))
         decode_s = time.perf_counter() - started
         del frame, train
 
         val = validation_sample(data, task, args.val_tiles, work)
-        plans = {n: make_plan(args, settings, task, data, n, work, val) for n in args.workers}
+        plans = {n: make_plan(settings, task, data, n, work, val) for n in args.workers}
         reference = plans[min(args.workers)]
         steps = reference.steps_per_epoch * (args.epochs - 1)
         sizes = {"plain": reference.batch_size}

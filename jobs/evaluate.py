@@ -10,16 +10,17 @@ FP, FN, accuracy, sensitivity, specificity, precision, recall, F1) and ROC AUC w
 95% interval, at tile, image and patient level, per collection and overall, plus subgroups. The report
 (Markdown, HTML, plots) goes to ``<lakehouse.root>/reports/<model>/v<version>/`` and to the version's
 MLflow run. The version becomes ``champion`` only if its patient-level test AUC beats the current
-champion's, re-scored on the same split; the decision is recorded on the version.
+champion's, re-scored on the same split; the decision is recorded on the version. Exit status 1 when
+no task has such a version. The work is :func:`model.registry_evaluation.evaluate_tasks`.
 """
 
 from __future__ import annotations
 
+from core.tasks import TASKS
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
-from model.registry_evaluation import evaluate_version
-from core.tasks import TASKS
-from model.tracking import CHALLENGER, use_tracking
+from model.registry import CHALLENGER
+from model.registry_evaluation import evaluate_tasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,27 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from(args)
     spark = build_spark(settings, "evaluate")
-    use_tracking(settings)
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    missing = []
-    for task_name in args.task or settings.train.tasks:
-        name = f"{settings.train.model_prefix}{task_name}"
-        try:
-            version = args.version or str(client.get_model_version_by_alias(name, args.alias).version)
-        except MlflowException:
-            missing.append(name)
-            print(f"evaluate: {name} has no version with alias {args.alias!r}: train it first")
-            continue
-        result = evaluate_version(spark, settings, TASKS[task_name], name, version)
-        decision = result["decision"]
-        print(
-            f"evaluate: {name} v{version}: patient-level test AUC {decision.challenger_auc:.3f}; "
-            f"{decision.tags()['promotion.decision']} ({decision.reason}); report {result['report']}"
-        )
-    return 1 if missing and len(missing) == len(args.task or settings.train.tasks) else 0
+    results = evaluate_tasks(spark, settings, args.task, args.alias, args.version)
+    return 1 if results and all(result is None for result in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -8,20 +8,17 @@ benign vs malignant (``paper_all`` is the paper's single model). Each task is on
 configuration, per-epoch metrics and lineage (tiles table path, version, counts per split and label).
 ``--resume RUN_ID`` continues a killed run from its last checkpoint. ``--leakage-audit`` (or
 ``train.leakage_audit``) also trains each task on a random image-level split, the paper's mistake, and
-records its test figures for the evaluation report (never registered).
+records its test figures for the evaluation report (never registered). The work is
+:func:`model.training.runner.train_tasks`; a configuration it cannot train (a network that cannot take
+``tiles.size`` tiles) or a lakehouse without tiles is refused before training starts (exit status 2).
 """
 
 from __future__ import annotations
 
-from mlflow import MlflowClient
-
+from core.tasks import TASKS
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
-from core.tasks import SplitRule
-from core.tasks import TASKS
-from model.tracking import use_tracking
-from model.train import fit_task, task_data
-from pipelines.io import current_version, table_exists
+from model.training.runner import Refused, train_tasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,26 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from(args)
     spark = build_spark(settings, "train")
-    tiles = settings.lakehouse.table("tiles")
-    if not table_exists(spark, tiles):
-        parser.exit(2, "oncolake train: no tiles table yet: run 'oncolake tile' first\n")
-    version = current_version(spark, tiles)
-    use_tracking(settings)
-    num_proc = settings.train.num_proc or spark.sparkContext.defaultParallelism
-    for name in args.task or settings.train.tasks:
-        task = TASKS[name]
-        data = task_data(spark, tiles, version, task)
-        print(f"train: {name} on {tiles}@{version}: {data.counts}", flush=True)
-        result = fit_task(spark, settings, task, data, num_proc, args.resume)
-        best = f"best epoch {result['best_epoch']}, validation AUC {result['best_auc']:.3f}"
-        print(f"train: {name} run {result['run_id']}: {best}")
-        if args.leakage_audit or settings.train.leakage_audit:
-            split = settings.split
-            audit_data = task_data(spark, tiles, version, task, SplitRule("image", split.train, split.val))
-            print(f"train: {name} leakage audit on an image-level split: {audit_data.counts}", flush=True)
-            audit = fit_task(spark, settings, task, audit_data, num_proc)
-            model = f"{settings.train.model_prefix}{name}"
-            MlflowClient().set_model_version_tag(model, result["version"], "audit.run_id", audit["run_id"])
+    try:
+        train_tasks(spark, settings, args.task, args.resume, args.leakage_audit)
+    except Refused as refused:
+        parser.exit(2, f"oncolake train: {refused}\n")
     return 0
 
 

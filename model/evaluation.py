@@ -1,10 +1,10 @@
 """Honest figures for one model on one split: tile, image and patient level, per collection and overall.
 
 The tiles of a split are read from the pinned files of the tiles table (the version the model's lineage
-names), scored in batches (only ids and probabilities are kept), and aggregated to images and patients
-with :func:`core.aggregation.aggregate`, the rule scoring uses. Every level gets the paper's confusion
-figures at the model's recorded threshold and an AUC with a patient-bootstrap 95% interval; a collection
-that cannot have a figure (no normals for normal-vs-abnormal, one class only) says why instead.
+names), scored in batches (only ids and probabilities are kept), and aggregated to images and patients by the
+model version's :class:`core.aggregation.AggregationRule`, the rule scoring uses. Every level gets the paper's
+confusion figures at the model's recorded threshold and an AUC with a patient-bootstrap 95% interval; a
+collection that cannot have a figure (no normals for normal-vs-abnormal, one class only) says why instead.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.aggregation import aggregate
-from core.tasks import BY_PATIENT, SplitRule
+from core.aggregation import AggregationRule, aggregate
+from core.tasks import BY_PATIENT, SplitRule, Task
 from model.metrics import auc_with_interval, confusion
-from core.tasks import Task
 
 LEVELS = ("tile", "image", "patient")
 ID_COLUMNS = ["tile_id", "image_id", "patient_key", "collection", "split", "label", "image_label"]
@@ -33,13 +32,17 @@ def split_batches(
     """The split's tiles of the task's collections (every split when ``split`` is None, for external
     collections), ``batch_rows`` at a time, pixels included.
 
-    Every tile of an image counts (normal tissue and unlabelled ones too): image-level scores must see
-    what bulk scoring sees, where no label says which tiles matter.
+    The rows are the task's (:meth:`core.tasks.Task.row_terms`) but for the label term: every tile of
+    an image counts (normal tissue and unlabelled ones too), since image-level scores must see what bulk
+    scoring sees, where no label says which tiles matter.
     """
     import pyarrow.dataset as ds
 
     dataset = ds.dataset([f.removeprefix("file:") for f in files], format="parquet")
-    wanted = ds.field("collection").isin(list(task.collections))
+    wanted = ds.scalar(True)
+    for column, values in task.row_terms():
+        if column != "label":
+            wanted = wanted & ds.field(column).isin(list(values))
     if rule.by == "patient" and split is not None:
         wanted = wanted & (ds.field("split") == split)
     for batch in dataset.to_batches(columns=[*ID_COLUMNS, "pixels"], filter=wanted, batch_size=batch_rows):
@@ -70,23 +73,23 @@ def _positive_target(labels: pd.Series, task: Task) -> pd.Series:
     return labels.map(task.label_map).eq(positive).astype(int)
 
 
-def level_frames(tiles: pd.DataFrame, task: Task) -> dict[str, pd.DataFrame]:
+def level_frames(tiles: pd.DataFrame, task: Task, rule: AggregationRule) -> dict[str, pd.DataFrame]:
     """Per level, rows with ``collection``, ``patient_key``, ``target`` (1 = positive class) and ``score``.
 
-    Tiles: the labelled tiles the task knows. Images: all tiles aggregated; the image label decides the
-    target (images whose label the task does not know are left out). Patients: images aggregated with
-    ``top_k=1`` within a collection (patients are keyed per collection).
+    Tiles: the labelled tiles the task knows. Images: all tiles aggregated by ``rule``; the image label
+    decides the target (images whose label the task does not know are left out). Patients: images
+    aggregated by ``rule`` within a collection (patients are keyed per collection).
     """
     score = f"p_{task.positive}"
     labelled = tiles[tiles["label"].isin(list(task.label_map))]
     tile_rows = labelled.assign(target=_positive_target(labelled["label"], task), score=labelled[score])
-    images = aggregate(tiles, "image_id", task.classes, task.positive)
+    images = rule.images(tiles, task.classes, task.positive)
     meta = tiles.drop_duplicates("image_id").set_index("image_id")
     images = images.join(meta[["collection", "patient_key", "image_label"]], on="image_id")
     images = images[images["image_label"].isin(list(task.label_map))]
     images = images.assign(target=_positive_target(images["image_label"], task), score=images[score])
     keyed = images.assign(patient=images["collection"] + "/" + images["patient_key"])
-    patients = aggregate(keyed, "patient", task.classes, task.positive, top_k=1)
+    patients = aggregate(keyed, "patient", task.classes, task.positive, rule.patient_top_k)
     truth = keyed.groupby("patient").agg(target=("target", "max"), collection=("collection", "first"))
     patients = patients.join(truth, on="patient")
     patients = patients.assign(patient_key=patients["patient"], score=patients[score])

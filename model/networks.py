@@ -1,12 +1,15 @@
-"""The networks, chosen by name in configuration (``train.network``).
+"""The networks, chosen by name in configuration (``train.network``): the registry :data:`NETWORKS`.
 
-Both take float32 tiles (N, 3, 224, 224), normalised to about zero mean and unit variance by the data
-pipeline (:mod:`model.data`), and return logits (N, num_classes).
+Both take float32 tiles (N, 3, S, S), normalised to about zero mean and unit variance by the data
+pipeline (:class:`model.data.TileInput`), and return logits (N, num_classes). S is ``tiles.size``; the
+shapes below are for the paper's 224. Each ends in an adaptive pooling, so it takes any size its
+convolutions and pools leave at least one pixel of: :func:`input_size_error` says whether one can.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -86,11 +89,43 @@ class CompactCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-NETWORKS: dict[str, Callable[[int], nn.Module]] = {"alexnet_like": AlexNetLike, "compact": CompactCNN}
+@dataclass(frozen=True)
+class Network:
+    """A registry entry: how to build the network, and its convolutional part (what fixes the input size)."""
+
+    factory: Callable[[int], nn.Module]
+    features: Callable[[nn.Module], nn.Module]
+
+
+NETWORKS: dict[str, Network] = {
+    "alexnet_like": Network(AlexNetLike, lambda net: net.features),
+    "compact": Network(CompactCNN, lambda net: net.features),
+}
+
+
+def _entry(name: str) -> Network:
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}: choose one of {sorted(NETWORKS)}")
+    return NETWORKS[name]
 
 
 def build_network(name: str, num_classes: int) -> nn.Module:
     """The network called ``name`` with ``num_classes`` outputs."""
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}: choose one of {sorted(NETWORKS)}")
-    return NETWORKS[name](num_classes)
+    return _entry(name).factory(num_classes)
+
+
+def input_size_error(name: str, size: int) -> str | None:
+    """Why network ``name`` cannot take ``size`` x ``size`` tiles, or None when it can.
+
+    Found by running a blank tile through the network's convolutions and pools: too small a tile leaves
+    them no pixel.
+    """
+    net = build_network(name, 2)
+    try:
+        with torch.no_grad():
+            out = _entry(name).features(net.eval())(torch.zeros(1, 3, size, size))
+    except RuntimeError as error:
+        return f"network {name!r} cannot take {size}x{size} tiles (tiles.size): {str(error).splitlines()[0]}"
+    if min(out.shape[2:]) < 1:
+        return f"network {name!r} cannot take {size}x{size} tiles (tiles.size): no pixel left after pooling"
+    return None

@@ -2,7 +2,8 @@
 
 Both models are scored on the challenger's test split (same tiles table version), so the comparison is
 between models, not between test sets. The decision and both figures are recorded on the challenger's
-version as tags, whichever way it goes.
+version as tags, whichever way it goes. Which version holds ``champion`` is
+:func:`model.registry.alias_version`'s to say.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 
-from model.tracking import CHAMPION
+from model.registry import CHAMPION
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,6 @@ def decide(challenger_auc: float, champion_version: str | None, champion_auc: fl
     if champion_auc is None or math.isnan(champion_auc) or challenger_auc > champion_auc:
         return Decision(True, challenger_auc, champion_version, champion_auc, "higher patient-level AUC")
     return Decision(False, challenger_auc, champion_version, champion_auc, "champion's AUC is not beaten")
-
-
-def champion_version(name: str, client: MlflowClient | None = None) -> str | None:
-    """The version holding the ``champion`` alias, or None."""
-    from mlflow.exceptions import MlflowException
-
-    client = client or MlflowClient()
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
 
 
 def record(name: str, version: str, decision: Decision, client: MlflowClient | None = None) -> None:

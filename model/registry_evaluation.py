@@ -1,14 +1,17 @@
 """Evaluate a registered model version: score its test split, write the report, run the promotion gate.
 
 The version's lineage tags name the tiles table and version it was trained from; its test split is read
-from exactly those files, so the figures can be reproduced by time travel. The report goes to the
-lakehouse and to the version's run; the version's description becomes its model card.
+from exactly those files, so the figures can be reproduced by time travel. Its threshold and its tile ->
+image aggregation rule are the ones recorded on it (read through :mod:`model.registry`, as every alias
+lookup is). The report goes to the lakehouse and to the version's run; the version's description becomes
+its model card. :func:`evaluate_tasks` is the library function behind ``oncolake evaluate``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,12 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from model import promotion
+from core.aggregation import AggregationRule
+from core.tasks import TASKS, Task
+from model import promotion, registry
 from model.evaluation import figures, figures_frame, level_frames, score_split, subgroup_figures
 from model.report import Report, write_report
-from core.tasks import Task
-from model.train import TaskData, task_data
+from model.training.common import TaskData, task_data
 
 GRID_TILES = 6  # correct and wrong tiles each in the report's grid
 
@@ -96,17 +100,17 @@ def patient_auc(table: pd.DataFrame) -> float:
 
 
 def score_version(
-    model_uri: str, data: TaskData, task: Task, threshold: float, rounds: int
+    model_uri: str, data: TaskData, task: Task, threshold: float, rounds: int, aggregation: AggregationRule
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], pd.DataFrame]:
     """Tile scores, level frames and the figures table of one model on ``data``'s test split."""
     tiles = score_split(data.test_files, task, "test", pyfunc_predictor(model_uri))
-    levels = level_frames(tiles, task)
+    levels = level_frames(tiles, task, aggregation)
     return tiles, levels, figures_frame(figures(levels, task, threshold, rounds))
 
 
 def model_card(task: Task, version: Any, table: pd.DataFrame, settings: Any, decision: Any) -> str:
     """The version's description: figures with intervals, threshold, lineage, config, intended use."""
-    tags = version.tags
+    tags, rule = version.tags, registry.aggregation(version)
     lines = [
         f"# {version.name} v{version.version} ({task.name}: {', '.join(task.classes)})",
         "",
@@ -128,8 +132,10 @@ def model_card(task: Task, version: Any, table: pd.DataFrame, settings: Any, dec
         )
     lines += [
         "",
-        f"Threshold {float(tags.get('threshold', 'nan')):.4f} ({tags.get('threshold.rule', '')}); "
+        f"Threshold {registry.threshold(version):.4f} ({tags.get('threshold.rule', '')}); "
         f"calibration temperature {tags.get('calibration.temperature', '')} (validation split).",
+        f"Aggregation: {rule.rule}, image = top {rule.image_top_k} tiles, patient = top "
+        f"{rule.patient_top_k} images.",
         f"Data: {tags.get('lineage.table', '')} version {tags.get('lineage.version', '')}; "
         f"split by patient, linked re-releases kept together.",
         f"Training: network {settings.train.network}, {settings.train.epochs} epochs max, "
@@ -153,7 +159,13 @@ def audit_table(client: MlflowClient, run_id: str | None) -> pd.DataFrame | None
 
 
 def external_table(
-    spark: Any, model_uri: str, data: TaskData, task: Task, threshold: float, rounds: int
+    spark: Any,
+    model_uri: str,
+    data: TaskData,
+    task: Task,
+    threshold: float,
+    rounds: int,
+    aggregation: AggregationRule,
 ) -> pd.DataFrame | None:
     """Figures on the task's external collections, every split of them (the model never saw any)."""
     from pipelines.io import files_holding
@@ -161,39 +173,45 @@ def external_table(
     if not task.external:
         return None
     external = task.on_external()
-    collections = ", ".join(f"'{c}'" for c in external.collections)
-    files = files_holding(spark, data.table, data.version, f"collection IN ({collections})")
+    files = files_holding(spark, data.table, data.version, external.sql_condition())
     if not files:
         return None
     tiles = score_split(files, external, None, pyfunc_predictor(model_uri))
-    return figures_frame(figures(level_frames(tiles, external), external, threshold, rounds))
+    levels = level_frames(tiles, external, aggregation)
+    return figures_frame(figures(levels, external, threshold, rounds))
+
+
+def _champion_auc(name: str, champion: str, data: TaskData, task: Task, rounds: int) -> float:
+    """The champion's patient-level AUC on the challenger's test split, at its own threshold and rule."""
+    version = registry.find_version(name, version=champion)
+    uri = f"models:/{name}/{champion}"
+    aggregation = registry.aggregation(version)
+    *_, table = score_version(uri, data, task, registry.threshold(version), rounds, aggregation)
+    return patient_auc(table)
 
 
 def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: str) -> dict[str, Any]:
     """Score ``name`` v``version`` on its test split, report it, and run the promotion gate."""
     client = MlflowClient()
-    registered = client.get_model_version(name, version)
+    registered = registry.find_version(name, version=version, client=client)
     tags = registered.tags
+    threshold, aggregation = registry.threshold(registered), registry.aggregation(registered)
     data = task_data(spark, tags["lineage.table"], int(tags["lineage.version"]), task)
-    threshold = float(tags["threshold"])
-    rounds = settings.evaluate.bootstrap_rounds
+    rounds, uri = settings.evaluate.bootstrap_rounds, f"models:/{name}/{version}"
     print(f"evaluate: {name} v{version} on {data.table}@{data.version}, test split", flush=True)
-    tiles, levels, table = score_version(f"models:/{name}/{version}", data, task, threshold, rounds)
+    tiles, levels, table = score_version(uri, data, task, threshold, rounds, aggregation)
     images = levels["image"]
     attributes = subgroup_attributes(spark, settings.lakehouse.table("images"), list(images["image_id"]))
     subgroups = figures_frame(subgroup_figures(images, attributes, threshold, max(10, rounds // 5)))
 
-    champion = promotion.champion_version(name, client)
+    champion = registry.alias_version(name, registry.CHAMPION, client)
     champion_auc = None
     if champion == str(version):
         champion_auc = patient_auc(table)
         decision = promotion.Decision(True, champion_auc, champion, champion_auc, "already the champion")
     else:
         if champion is not None:
-            champion_threshold = float(client.get_model_version(name, champion).tags.get("threshold", 0.5))
-            champion_uri = f"models:/{name}/{champion}"
-            *_, champion_table = score_version(champion_uri, data, task, champion_threshold, rounds)
-            champion_auc = patient_auc(champion_table)
+            champion_auc = _champion_auc(name, champion, data, task, rounds)
         decision = promotion.decide(patient_auc(table), champion, champion_auc)
         promotion.record(name, str(version), decision, client)
 
@@ -218,7 +236,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         history=_history(client, registered.run_id),
         subgroups=subgroups,
         audit=audit_table(client, tags.get("audit.run_id")),
-        external=external_table(spark, f"models:/{name}/{version}", data, task, threshold, rounds),
+        external=external_table(spark, uri, data, task, threshold, rounds, aggregation),
         grid=_grid(data.test_files, tiles, task, threshold),
         notes=notes,
     )
@@ -235,3 +253,31 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
     card = model_card(task, registered, table, settings, decision)
     client.update_model_version(name, version, description=card)
     return {"report": folder / "report.md", "figures": table, "decision": decision, "levels": levels}
+
+
+def evaluate_tasks(
+    spark: Any, settings: Any, tasks: Sequence[str] | None, alias: str, version: str | None = None
+) -> dict[str, dict[str, Any] | None]:
+    """Evaluate each task's version ``version``, else the one holding ``alias``: one line per task.
+
+    Returns:
+        Per task, :func:`evaluate_version`'s result, or None when its model has no such version.
+    """
+    from model.tracking import use_tracking
+
+    use_tracking(settings)
+    results: dict[str, dict[str, Any] | None] = {}
+    for task_name in tasks or settings.train.tasks:
+        name = registry.model_name(settings, task_name)
+        chosen = version or registry.alias_version(name, alias)
+        if chosen is None:
+            print(f"evaluate: {name} has no version with alias {alias!r}: train it first")
+            results[task_name] = None
+            continue
+        result = results[task_name] = evaluate_version(spark, settings, TASKS[task_name], name, chosen)
+        decision = result["decision"]
+        print(
+            f"evaluate: {name} v{chosen}: patient-level test AUC {decision.challenger_auc:.3f}; "
+            f"{decision.tags()['promotion.decision']} ({decision.reason}); report {result['report']}"
+        )
+    return results

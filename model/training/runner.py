@@ -1,0 +1,166 @@
+"""The driver side of training (``horovod/spark/runner``'s share): plan, MLflow run, lineage, resume.
+
+:func:`train_tasks` is the library function behind ``oncolake train``: it checks the configuration can
+be trained at all, pins the current version of the tiles table, and fits each task (:func:`fit_task`):
+one MLflow run with the public configuration and the lineage, Horovod workers on the executors
+(:func:`model.training.worker.train_worker`), the best epoch registered as the task's challenger
+(:mod:`model.training.registration`), and optionally the leakage audit beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.tasks import TASKS, SplitRule, Task
+from model.training.common import TaskData, TrainPlan, row_groups, task_data
+
+
+class Refused(ValueError):
+    """Training cannot start with this configuration or lakehouse; the message says why."""
+
+
+def fit_task(
+    spark: Any,
+    settings: Any,
+    task: Task,
+    data: TaskData,
+    num_proc: int,
+    resume_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train one task's model with Horovod on the executors, tracked in one MLflow run.
+
+    ``resume_run_id`` continues that run from its last per-epoch checkpoint (no epoch repeated).
+
+    Returns:
+        ``run_id``, ``checkpoint_dir``, the registered ``version`` (None for the leakage audit), the
+        training ``history`` and the ``best_epoch``/``best_auc``.
+    """
+    import mlflow
+
+    from model.distributed import run_workers
+    from model.tracking import flat_params
+    from model.training.registration import audit_figures, register_best
+    from model.training.worker import train_worker
+
+    if not data.counts.get("train") or not data.counts.get("val"):
+        raise ValueError(f"{task.name}: no training or validation tiles in {data.table}@{data.version}")
+    groups = row_groups(data.train_files)
+    if groups < num_proc:
+        raise ValueError(
+            f"{task.name}: {groups} row groups of training tiles for {num_proc} workers; rewrite tiles"
+        )
+    run_name = f"{task.name} leakage audit (image-level split)" if data.rule.by == "image" else task.name
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
+        print(f"train: {run_name}: MLflow run {run.info.run_id} (if killed: --resume {run.info.run_id})")
+        if resume_run_id is None:
+            mlflow.log_params(
+                {**flat_params(settings.public_dict()), "task": task.name, "num_proc": num_proc}
+            )
+            mlflow.set_tags(
+                {
+                    "task": task.name,
+                    "modality": task.modality,
+                    "lineage.table": data.table,
+                    "lineage.version": str(data.version),
+                    "lineage.filter": data.condition,
+                    "lineage.counts": json.dumps(data.counts, sort_keys=True),
+                }
+            )
+        directory = Path(settings.lakehouse.root) / "checkpoints" / run.info.run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        plan = TrainPlan.build(
+            settings, task, data, num_proc, str(directory), resume=resume_run_id is not None
+        )
+        state = run_workers(spark, train_worker, num_proc, (plan,))[0]
+        for record in state["history"]:
+            step = int(record["epoch"])
+            mlflow.log_metrics(
+                {k: v for k, v in record.items() if k != "epoch" and not math.isnan(v)}, step=step
+            )
+        mlflow.log_metrics({"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"]})
+        result = {"run_id": run.info.run_id, "checkpoint_dir": str(directory), "version": None, **state}
+        if data.rule.by == "image":  # the leakage audit: figures only, never a registered model
+            table = audit_figures(settings, task, data, directory)
+            with tempfile.TemporaryDirectory() as folder:
+                table.to_csv(Path(folder) / "figures.csv", index=False)
+                mlflow.log_artifact(str(Path(folder) / "figures.csv"), artifact_path="audit")
+            mlflow.set_tag("audit", "image-level split")
+            return result
+        return {**result, "version": register_best(settings, task, data, directory, state)}
+
+
+def check_trainable(settings: Any, tasks: Sequence[str]) -> list[Task]:
+    """The tasks to train, once the configuration is known to be trainable (before any Spark work).
+
+    Raises:
+        Refused: an unknown task, or a network that cannot take ``tiles.size`` tiles.
+    """
+    from model.networks import input_size_error
+
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise Refused(f"unknown task {', '.join(unknown)}: choose from {', '.join(sorted(TASKS))}")
+    problem = input_size_error(settings.train.network, settings.tiles.size)
+    if problem:
+        raise Refused(f"{problem}; choose another train.network or tiles.size")
+    return [TASKS[name] for name in tasks]
+
+
+def train_tasks(
+    spark: Any,
+    settings: Any,
+    tasks: Sequence[str] | None = None,
+    resume: str | None = None,
+    leakage_audit: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``tasks`` (default ``train.tasks``) from the current version of the tiles table.
+
+    Args:
+        resume: an MLflow run id to continue from its last checkpoint.
+        leakage_audit: also train each task on a random image-level split (so does
+            ``train.leakage_audit``), its figures logged for the evaluation report and its run recorded
+            on the registered version (``audit.run_id``).
+
+    Returns:
+        One :func:`fit_task` result per task, in order.
+
+    Raises:
+        Refused: before any Spark work when the configuration cannot be trained; when there are no tiles.
+    """
+    from mlflow import MlflowClient
+
+    from model.registry import model_name
+    from model.tracking import use_tracking
+    from pipelines.io import current_version, table_exists
+
+    chosen = check_trainable(settings, tasks or settings.train.tasks)
+    tiles = settings.lakehouse.table("tiles")
+    if not table_exists(spark, tiles):
+        raise Refused("no tiles table yet: run 'oncolake tile' first")
+    version = current_version(spark, tiles)
+    use_tracking(settings)
+    num_proc = settings.train.num_proc or spark.sparkContext.defaultParallelism
+    results = []
+    for task in chosen:
+        data = task_data(spark, tiles, version, task)
+        print(f"train: {task.name} on {tiles}@{version}: {data.counts}", flush=True)
+        result = fit_task(spark, settings, task, data, num_proc, resume)
+        best = f"best epoch {result['best_epoch']}, validation AUC {result['best_auc']:.3f}"
+        print(f"train: {task.name} run {result['run_id']}: {best}")
+        if leakage_audit or settings.train.leakage_audit:
+            split = settings.split
+            audit_data = task_data(spark, tiles, version, task, SplitRule("image", split.train, split.val))
+            print(
+                f"train: {task.name} leakage audit on an image-level split: {audit_data.counts}", flush=True
+            )
+            audit = fit_task(spark, settings, task, audit_data, num_proc)
+            name = model_name(settings, task.name)
+            MlflowClient().set_model_version_tag(name, result["version"], "audit.run_id", audit["run_id"])
+            result = {**result, "audit_run_id": audit["run_id"]}
+        results.append(result)
+    return results

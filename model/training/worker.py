@@ -1,0 +1,292 @@
+"""The executor side of training: what every worker runs (``horovod/spark/torch``'s share).
+
+:func:`train_worker` is what every Horovod worker runs (through :func:`model.distributed.run_workers`):
+it reads its shard of the training tiles with Petastorm, steps a distributed optimizer (gradients
+averaged with Gloo allreduce), and after each epoch rank 0 validates, checkpoints and decides on early
+stopping, then shares that decision so every worker stops together. Every worker runs the same number of
+steps per epoch (the reader repeats its shard), which keeps the allreduces matched.
+
+The loop itself (:func:`train_loop`) reaches the other workers only through a :class:`Collective`
+(share an object from rank 0, start the model and optimizer in sync, reduce a figure), which
+:class:`HorovodCollective` implements with Horovod; another backend implements the same few calls.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from model.data import IGNORE, ReaderSpec, make_transform
+from model.training.common import TrainPlan, best_path, checkpoint_path, latest_checkpoint, validation_logits
+
+
+class Collective(Protocol):
+    """The collective operations training needs; rank 0 is the one that validates and checkpoints."""
+
+    rank: int
+    size: int
+    local_size: int  # workers on this machine (they share its cores)
+
+    def share(self, value: Any, name: str) -> Any:
+        """Rank 0's ``value`` on every worker (the others pass a placeholder)."""
+
+    def start(self, net: Any, optimizer: Any) -> Any:
+        """Rank 0's weights and optimizer state everywhere; returns the optimizer that averages gradients."""
+
+    def mean(self, value: float, name: str) -> float:
+        """The mean of ``value`` over the workers."""
+
+    def total(self, value: float, name: str) -> float:
+        """The sum of ``value`` over the workers."""
+
+    def close(self) -> None:
+        """Leave the group."""
+
+
+class HorovodCollective:
+    """:class:`Collective` over Horovod (Gloo on Spark executors)."""
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.size, self.local_size = hvd.rank(), hvd.size(), hvd.local_size()
+
+    def share(self, value: Any, name: str) -> Any:
+        # Explicit names: Horovod matches collectives by name, which broadcast_object otherwise takes from
+        # the object's type, and rank 0's object differs in type from the placeholders the others pass.
+        return self.hvd.broadcast_object(value, root_rank=0, name=name)
+
+    def start(self, net: Any, optimizer: Any) -> Any:
+        self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        return self.hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
+
+    def mean(self, value: float, name: str) -> float:
+        import torch
+
+        return float(self.hvd.allreduce(torch.tensor(value), name=name))
+
+    def total(self, value: float, name: str) -> float:
+        import torch
+
+        return float(self.hvd.allreduce(torch.tensor(value), op=self.hvd.Sum, name=name))
+
+    def close(self) -> None:
+        self.hvd.shutdown()
+
+
+def validation_auc(probabilities: Any, targets: Any) -> float:
+    """Binary tasks: AUC of the positive class; more classes: macro one-vs-rest AUC; NaN with one class."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(targets)) < 2:
+        return float("nan")
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(targets, probabilities[:, 1]))
+    return float(
+        roc_auc_score(targets, probabilities, multi_class="ovr", labels=list(range(probabilities.shape[1])))
+    )
+
+
+def task_batches(batches: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[Any, Any]]:
+    """Batches of exactly ``size`` task rows, gathered across the reader's batches.
+
+    The reader's batches also carry rows of other splits and collections (marked ``IGNORE`` by the
+    transform), so one of its batches holds fewer task rows than ``size``; rows left over after a batch
+    is full start the next one, so nothing read is lost and ``steps_per_epoch`` full batches cover about
+    every training tile of the shard once.
+    """
+    import torch
+
+    images, targets, have = [], [], 0
+    for batch in batches:
+        wanted = batch["target"] != IGNORE
+        if not bool(wanted.any()):
+            continue
+        images.append(batch["image"][wanted])
+        targets.append(batch["target"][wanted])
+        have += int(wanted.sum())
+        while have >= size:
+            image, target = torch.cat(images), torch.cat(targets)
+            yield image[:size], target[:size]
+            images, targets, have = [image[size:]], [target[size:]], have - size
+
+
+@contextmanager
+def training_batches(
+    plan: TrainPlan, rank: int, size: int, augment: bool = True
+) -> Iterator[Iterator[tuple]]:
+    """Worker ``rank`` of ``size``: its shard of the training files through Petastorm, endlessly, as
+    batches of ``plan.batch_size`` task rows (decoded and, with ``augment``, augmented by
+    ``plan.augmentation`` in the reader's threads)."""
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+
+    spec = ReaderSpec(
+        "train",
+        plan.task,
+        plan.tile_input,
+        plan.augmentation if augment else None,
+        seed=plan.seed * 1000 + rank,
+        rule=plan.rule,
+    )
+    with make_batch_reader(
+        list(plan.train_files),
+        num_epochs=None,
+        cur_shard=rank,
+        shard_count=size,
+        shuffle_row_groups=True,
+        seed=plan.seed + rank,
+        workers_count=plan.reader_workers,
+        transform_spec=make_transform(spec),
+    ) as reader:
+        loader = BatchedDataLoader(
+            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
+        )
+        yield task_batches(iter(loader), plan.batch_size)
+
+
+def validate(net: Any, plan: TrainPlan, loss_fn: Any) -> tuple[float, float]:
+    """Validation loss and AUC of ``net`` over every validation tile of the task."""
+    import torch
+
+    from model.calibration import calibrated
+
+    logits, targets = validation_logits(
+        net, plan.val_files, plan.task, plan.tile_input, plan.batch_size, plan.rule
+    )
+    if len(targets) != plan.val_tiles:
+        raise RuntimeError(f"validation read {len(targets)} tiles, the table holds {plan.val_tiles}")
+    if not len(targets):
+        return float("nan"), float("nan")
+    probabilities = calibrated(logits, 1.0)
+    log_p = torch.log(torch.from_numpy(probabilities).clamp_min(1e-7))
+    return float(loss_fn(log_p, torch.from_numpy(targets))), validation_auc(probabilities, targets)
+
+
+def _resume(plan: TrainPlan, net: Any, optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0: the state after the newest checkpoint, weights and optimizer loaded from it."""
+    import torch
+
+    latest = latest_checkpoint(plan.checkpoint_dir)
+    if latest is None:
+        return state
+    saved = torch.load(latest, weights_only=False)
+    net.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    print(f"train: resuming after epoch {saved['epoch']} from {latest.name}", flush=True)
+    return {k: saved[k] for k in state}
+
+
+def _end_epoch(
+    plan: TrainPlan, net: Any, optimizer: Any, state: dict[str, Any], record: dict[str, float]
+) -> bool:
+    """Rank 0: record the epoch, checkpoint it (and the best so far); whether to stop early."""
+    import torch
+
+    epoch, auc = int(record["epoch"]), record["val_auc"]
+    state["history"].append(record)
+    if (not math.isnan(auc) and auc > state["best_auc"]) or state["best_epoch"] < 0:
+        state["best_auc"], state["best_epoch"] = (auc if not math.isnan(auc) else -1.0), epoch
+        torch.save({"model": net.state_dict(), "epoch": epoch}, best_path(plan.checkpoint_dir))
+    state["epoch"] = epoch
+    torch.save(
+        {"model": net.state_dict(), "optimizer": optimizer.state_dict(), **state},
+        checkpoint_path(plan.checkpoint_dir, epoch),
+    )
+    print(
+        f"train: epoch {epoch}/{plan.epochs} loss {record['train_loss']:.4f} val_loss "
+        f"{record['val_loss']:.4f} val_auc {auc:.3f} {record['images_per_s']:.1f} images/s",
+        flush=True,
+    )
+    return epoch - state["best_epoch"] >= plan.patience
+
+
+def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
+    """One worker's training run over ``group``; rank 0 returns the history and the best epoch, others
+    ``{}``. Rank 0 shows one progress bar per epoch (steps, ETA, running loss)."""
+    import torch
+    from tqdm import tqdm
+
+    from model.networks import build_network
+
+    rank = group.rank
+    torch.manual_seed(plan.seed + rank)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.local_size))
+    net = build_network(plan.network, len(plan.task.classes))
+    peak_lr = plan.learning_rate * group.size  # linear scaling with the number of workers, after warm-up
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=peak_lr, momentum=plan.momentum, weight_decay=plan.weight_decay
+    )
+    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": []}
+    if rank == 0 and plan.resume:
+        state = _resume(plan, net, optimizer, state)
+    state = group.share(state, "train_state")
+    optimizer = group.start(net, optimizer)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
+    warmup_steps = max(1, round(plan.warmup_epochs * plan.steps_per_epoch))
+
+    with training_batches(plan, rank, group.size) as batches:
+        for epoch in range(state["epoch"], plan.epochs):
+            net.train()
+            started, loss_sum, seen = time.monotonic(), 0.0, 0
+            progress = tqdm(
+                range(plan.steps_per_epoch),
+                desc=f"train: epoch {epoch + 1}/{plan.epochs}",
+                unit="step",
+                disable=rank != 0,
+                leave=False,
+                mininterval=2.0,
+            )
+            for step in progress:
+                done = epoch * plan.steps_per_epoch + step + 1
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = peak_lr * min(1.0, done / warmup_steps)
+                images, targets = next(batches)
+                optimizer.zero_grad()
+                loss = loss_fn(net(images), targets)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss)
+                seen += len(targets)
+                progress.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", refresh=False)
+            progress.close()
+            elapsed = time.monotonic() - started
+            train_loss = group.mean(loss_sum / plan.steps_per_epoch, "train_loss")
+            images_per_s = group.total(seen / elapsed, "images_per_s")
+
+            decision = None
+            if rank == 0:
+                val_loss, auc = validate(net, plan, loss_fn)
+                record = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_auc": auc,
+                    "images_per_s": images_per_s,
+                    "lr": peak_lr * min(1.0, done / warmup_steps),
+                }
+                decision = _end_epoch(plan, net, optimizer, state, record)
+            if group.share(decision, "early_stop"):
+                if rank == 0:
+                    print(f"train: early stop, best epoch {state['best_epoch']}", flush=True)
+                break
+    return state if rank == 0 else {}
+
+
+def train_worker(plan: TrainPlan) -> dict[str, Any]:
+    """One Horovod worker's training run (:func:`train_loop` over a :class:`HorovodCollective`)."""
+    from core.quiet import quiet
+
+    quiet()
+    group = HorovodCollective()
+    result = train_loop(plan, group)
+    group.close()  # not on failure: the run fails anyway, and a shutdown could wait on a dead peer
+    return result
