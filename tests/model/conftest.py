@@ -1,10 +1,12 @@
-"""A real ``oncolake mlflow-server`` on loopback, seeded with one registered model, for the tests.
+"""The ``mlflow_server`` fixture: a real MLflow server with basic auth on loopback, one registered model.
 
-Imported by tests/test_mlflow_server.py and tests/test_registry_browser.py (a plain module, not a conftest,
-so only the tests that need a server pay for one). The server is started from the job's own pieces
-(``server_plan``, ``start``, ``wait_until_ready``, ``provision_expert``, ``reserve_models``), with a
-lakehouse in a temporary folder and random credentials that exist only in this process and the server's
-environment.
+Used by tests/model/test_server.py and tests/model/test_registry_browser.py; only a test that asks for
+the fixture pays for a server (one per test module). The server is started from :mod:`model.server`'s
+own pieces (``server_plan``, ``start``, ``wait_until_ready``) and set up with :mod:`model.server_rest`'s
+(``provision_expert``, ``reserve_models``), with a lakehouse in a temporary folder and random credentials
+that exist only in this process and the server's environment. What was seeded (``MODEL``, ``ALIAS``,
+``METRIC``, ``METRIC_VALUE``) is on the :class:`Server` the fixture yields, so tests need not import this
+module (they cannot by name under ``--import-mode=importlib``).
 """
 
 from __future__ import annotations
@@ -15,21 +17,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
 
 from conf import load_settings
-from jobs.mlflow_server import (
-    Credentials,
-    product_models,
-    provision_expert,
-    reserve_models,
-    server_plan,
-    start,
-    stop,
-    wait_until_ready,
-)
+from model.server import Credentials, server_plan, start, stop, wait_until_ready
+from model.server_rest import product_models, provision_expert, reserve_models
 
 MODEL = "oncolake-test-model"
 ALIAS = "champion"
@@ -38,6 +33,13 @@ METRIC, METRIC_VALUE = "val_auc", 0.8125
 
 @dataclass(frozen=True)
 class Server:
+    """A running, seeded server: where it answers, who may log in, and what was registered on it."""
+
+    MODEL: ClassVar[str] = MODEL
+    ALIAS: ClassVar[str] = ALIAS
+    METRIC: ClassVar[str] = METRIC
+    METRIC_VALUE: ClassVar[float] = METRIC_VALUE
+
     url: str
     creds: Credentials
     log: Path
@@ -62,7 +64,7 @@ class Server:
         return requests.request(method, f"{self.url}/api/2.0/mlflow/{path}", auth=auth, timeout=30, **kwargs)
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -119,7 +121,7 @@ def serve(folder: Path) -> Iterator[Server]:
         expert_password=secrets.token_urlsafe(18),
     )
     settings = load_settings("tiny", [f"lakehouse.root={lakehouse}"])
-    plan = server_plan(settings, creds, port=free_port(), workers=1)
+    plan = server_plan(settings, creds, port=_free_port(), workers=1)
     log = folder / "mlflow-server.log"
     proc = start(plan, log)
     try:

@@ -1,38 +1,23 @@
-"""``oncolake mlflow-server``: credentials only from outside the code, and who may do what on a real server.
+"""model.server and model.server_rest: credentials only from outside the code, and who may do what.
 
-The permission tests run against one real MLflow server with basic auth (tests/mlflow_server_fixture.py):
-anonymous callers are refused (401), the expert reads everything but may not register versions or move
-aliases (403), the admin may (200).
+The permission tests run against one real MLflow server with basic auth (the ``mlflow_server`` fixture of
+tests/model/conftest.py): anonymous callers are refused (401), the expert reads everything but may not
+register versions or move aliases (403), the admin may (200). tests/jobs/test_mlflow_server.py runs the job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
-from mlflow_server_fixture import ALIAS, METRIC, METRIC_VALUE, MODEL, Server, free_port
-from mlflow_server_fixture import server_fixture as server_fixture  # registers the mlflow_server fixture
 
 from conf import load_settings
-from jobs.mlflow_server import (
-    ENV_PREFIX,
-    Credentials,
-    ServerError,
-    load_credentials,
-    main,
-    provision_expert,
-    server_plan,
-    wait_until_ready,
-)
+from model.server import ENV_PREFIX, Credentials, ServerError, load_credentials, server_plan
+from model.server_rest import provision_expert
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD, EXPERT_PASSWORD = "admin-pw-0123456789", "expert-pw-0123456789"
 FULL_ENV = {
     f"{ENV_PREFIX}ADMIN_USER": "boss",
@@ -43,20 +28,6 @@ FULL_ENV = {
 
 
 # --- credentials and the command line, no server --------------------------------------------------------
-
-
-def test_refuses_to_start_without_credentials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv(f"{ENV_PREFIX}ADMIN_USER", "boss")
-    assert main(["--set", f"lakehouse.root={tmp_path}", "--port", str(free_port())]) == 2
-    err = capsys.readouterr().err
-    assert "no credentials" in err
-    for key in ("ADMIN_PASSWORD", "EXPERT_USER", "EXPERT_PASSWORD"):
-        assert f"{ENV_PREFIX}{key}" in err
-    assert not (tmp_path / "mlflow-server").exists()  # refused before writing anything
 
 
 def test_credentials_from_a_file_outside_the_repo_and_the_environment_wins(tmp_path: Path) -> None:
@@ -98,16 +69,14 @@ def test_plan_is_basic_auth_with_read_default_and_no_secret_on_disk(tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("method", "path", "kwargs"),
-    [
-        ("GET", "registered-models/search", {}),
-        ("GET", "experiments/search", {"params": {"max_results": 10}}),
-        ("GET", "registered-models/alias", {"params": {"name": MODEL, "alias": ALIAS}}),
-    ],
+    "path", ["registered-models/search", "experiments/search", "registered-models/alias"]
 )
-def test_anonymous_and_wrong_password_get_401(
-    mlflow_server: Server, method: str, path: str, kwargs: dict
-) -> None:
+def test_anonymous_and_wrong_password_get_401(mlflow_server, path: str) -> None:
+    method = "GET"
+    kwargs = {
+        "experiments/search": {"params": {"max_results": 10}},
+        "registered-models/alias": {"params": {"name": mlflow_server.MODEL, "alias": mlflow_server.ALIAS}},
+    }.get(path, {})
     anonymous = mlflow_server.api(method, path, None, **kwargs)
     assert anonymous.status_code == 401, anonymous.text
     assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
@@ -116,17 +85,20 @@ def test_anonymous_and_wrong_password_get_401(
 
 
 @pytest.mark.slow
-def test_expert_lists_models_and_reads_a_versions_run_metrics(mlflow_server: Server) -> None:
+def test_expert_lists_models_and_reads_a_versions_run_metrics(mlflow_server) -> None:
     expert = mlflow_server.expert
     models = mlflow_server.api("GET", "registered-models/search", expert)
     assert models.status_code == 200, models.text
-    assert MODEL in [m["name"] for m in models.json()["registered_models"]]
+    assert mlflow_server.MODEL in [m["name"] for m in models.json()["registered_models"]]
     experiments = mlflow_server.api("GET", "experiments/search", expert, params={"max_results": 10})
     assert experiments.status_code == 200, experiments.text
     assert mlflow_server.experiment_id in [e["experiment_id"] for e in experiments.json()["experiments"]]
 
     champion = mlflow_server.api(
-        "GET", "registered-models/alias", expert, params={"name": MODEL, "alias": ALIAS}
+        "GET",
+        "registered-models/alias",
+        expert,
+        params={"name": mlflow_server.MODEL, "alias": mlflow_server.ALIAS},
     )
     assert champion.status_code == 200, champion.text
     version = champion.json()["model_version"]
@@ -134,7 +106,7 @@ def test_expert_lists_models_and_reads_a_versions_run_metrics(mlflow_server: Ser
     run = mlflow_server.api("GET", "runs/get", expert, params={"run_id": version["run_id"]})
     assert run.status_code == 200, run.text
     metrics = {m["key"]: m["value"] for m in run.json()["run"]["data"]["metrics"]}
-    assert metrics == {METRIC: METRIC_VALUE}
+    assert metrics == {mlflow_server.METRIC: mlflow_server.METRIC_VALUE}
     # The version's files come through the artifact proxy from the lakehouse.
     path = version["source"].removeprefix("mlflow-artifacts:/")
     files = requests.get(
@@ -144,25 +116,32 @@ def test_expert_lists_models_and_reads_a_versions_run_metrics(mlflow_server: Ser
 
 
 @pytest.mark.slow
-def test_expert_may_not_register_versions_or_move_aliases(mlflow_server: Server) -> None:
+def test_expert_may_not_register_versions_or_move_aliases(mlflow_server) -> None:
     expert, version = mlflow_server.expert, mlflow_server.version
-    new_version = {"name": MODEL, "source": mlflow_server.source, "run_id": mlflow_server.run_id}
+    new_version = {
+        "name": mlflow_server.MODEL,
+        "source": mlflow_server.source,
+        "run_id": mlflow_server.run_id,
+    }
     refused = {
         "create version": mlflow_server.api("POST", "model-versions/create", expert, json=new_version),
         "move champion": mlflow_server.api(
             "POST",
             "registered-models/alias",
             expert,
-            json={"name": MODEL, "alias": ALIAS, "version": version},
+            json={"name": mlflow_server.MODEL, "alias": mlflow_server.ALIAS, "version": version},
         ),
         "new alias": mlflow_server.api(
             "POST",
             "registered-models/alias",
             expert,
-            json={"name": MODEL, "alias": "mine", "version": version},
+            json={"name": mlflow_server.MODEL, "alias": "mine", "version": version},
         ),
         "delete alias": mlflow_server.api(
-            "DELETE", "registered-models/alias", expert, json={"name": MODEL, "alias": ALIAS}
+            "DELETE",
+            "registered-models/alias",
+            expert,
+            json={"name": mlflow_server.MODEL, "alias": mlflow_server.ALIAS},
         ),
         "log to the run": mlflow_server.api(
             "POST", "runs/log-metric", expert, json={**new_version, "key": "x", "value": 1, "timestamp": 0}
@@ -170,13 +149,16 @@ def test_expert_may_not_register_versions_or_move_aliases(mlflow_server: Server)
     }
     assert {what: r.status_code for what, r in refused.items()} == dict.fromkeys(refused, 403)
     versions = mlflow_server.api(
-        "GET", "model-versions/search", mlflow_server.admin, params={"filter": f"name='{MODEL}'"}
+        "GET",
+        "model-versions/search",
+        mlflow_server.admin,
+        params={"filter": f"name='{mlflow_server.MODEL}'"},
     )
     assert [v["version"] for v in versions.json()["model_versions"]] == [version]  # nothing slipped through
 
 
 @pytest.mark.slow
-def test_product_model_names_are_reserved_so_the_expert_cannot_claim_them(mlflow_server: Server) -> None:
+def test_product_model_names_are_reserved_so_the_expert_cannot_claim_them(mlflow_server) -> None:
     expert = mlflow_server.expert
     assert mlflow_server.reserved == tuple(
         f"oncolake-{task}"
@@ -191,21 +173,25 @@ def test_product_model_names_are_reserved_so_the_expert_cannot_claim_them(mlflow
 
 
 @pytest.mark.slow
-def test_admin_registers_a_version_and_sets_an_alias(mlflow_server: Server) -> None:
+def test_admin_registers_a_version_and_sets_an_alias(mlflow_server) -> None:
     admin = mlflow_server.admin
-    new_version = {"name": MODEL, "source": mlflow_server.source, "run_id": mlflow_server.run_id}
+    new_version = {
+        "name": mlflow_server.MODEL,
+        "source": mlflow_server.source,
+        "run_id": mlflow_server.run_id,
+    }
     created = mlflow_server.api("POST", "model-versions/create", admin, json=new_version)
     assert created.status_code == 200, created.text
     number = created.json()["model_version"]["version"]
     assert number != mlflow_server.version
-    alias = {"name": MODEL, "alias": "challenger", "version": number}
+    alias = {"name": mlflow_server.MODEL, "alias": "challenger", "version": number}
     assert mlflow_server.api("POST", "registered-models/alias", admin, json=alias).status_code == 200
     moved = mlflow_server.api("GET", "registered-models/alias", mlflow_server.expert, params=alias)
     assert moved.json()["model_version"]["version"] == number
 
 
 @pytest.mark.slow
-def test_restart_resets_the_experts_password_to_the_configured_one(mlflow_server: Server) -> None:
+def test_restart_resets_the_experts_password_to_the_configured_one(mlflow_server) -> None:
     creds = mlflow_server.creds
     rotated = dataclasses.replace(creds, expert_password="rotated-" + creds.expert_password)
     try:
@@ -218,41 +204,3 @@ def test_restart_resets_the_experts_password_to_the_configured_one(mlflow_server
         assert mlflow_server.api("GET", "registered-models/search", old).status_code == 401
     finally:
         provision_expert(mlflow_server.url, creds)
-
-
-@pytest.mark.slow
-def test_job_provisions_the_expert_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, **FULL_ENV, "PYTHONUNBUFFERED": "1"}
-    out = tmp_path / "job.log"
-    args = ["--set", f"lakehouse.root={tmp_path / 'lakehouse'}", "--port", str(port), "--workers", "1"]
-    with out.open("wb") as log:
-        job = subprocess.Popen(
-            [sys.executable, "-m", "jobs.mlflow_server", *args],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, job, timeout=90)
-        deadline = time.monotonic() + 60
-        while "serving" not in out.read_text() and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.3)
-        text = out.read_text()
-        assert "created expert 'reader'" in text and f"serving {url}" in text, text
-        search = requests.get(
-            f"{url}/api/2.0/mlflow/registered-models/search", auth=("reader", EXPERT_PASSWORD)
-        )
-        assert search.status_code == 200, search.text
-        assert (tmp_path / "lakehouse" / "mlflow-server" / "auth.db").is_file()
-        job.send_signal(signal.SIGINT)
-        assert job.wait(timeout=30) == 0, out.read_text()
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"{url}/health", timeout=2)
-    finally:
-        if job.poll() is None:
-            job.send_signal(signal.SIGTERM)
-            job.wait(timeout=30)
