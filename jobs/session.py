@@ -8,7 +8,7 @@ user's ``--packages``/``--jars`` take precedence over both.
 Output is quiet (:func:`core.quiet.quiet`): called when this module is imported (every job imports it
 before the model and pipeline code whose imports warn) and again in :func:`build_spark`; executors get
 ``ONCOLAKE_QUIET`` so the code their Python workers run first applies the same filters. Long stages
-show Spark's own console progress bar (``spark.ui.showConsoleProgress``) on stderr.
+show Spark's own console progress bar (``spark.ui.showConsoleProgress``) when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ def _delta_conf() -> dict[str, str]:
     return {"spark.jars.packages": DELTA_PACKAGE, "spark.jars.ivy": str(ivy_dir())}
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
 def _local_master(master: str) -> bool:
     return master.startswith("local")
 
@@ -73,8 +80,9 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.ui.enabled": str(settings.spark.ui).lower(),
-        # One line on stderr, redrawn in place while a stage runs (not when stages take under 0.5 s).
-        "spark.ui.showConsoleProgress": "true",
+        # Spark's progress bar: one line on stderr, redrawn in place while a stage runs (stages over 0.5 s),
+        # on a terminal only; in a log or captured output its redraws would be noise.
+        "spark.ui.showConsoleProgress": str(_stderr_is_terminal()).lower(),
         # The driver's choice of quiet output reaches the executors' Python workers (core.quiet).
         f"spark.executorEnv.{QUIET_ENV}": os.environ.get(QUIET_ENV, "1"),
         "spark.sql.execution.arrow.pyspark.enabled": "true",

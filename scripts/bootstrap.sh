@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # Set up everything oncolake needs, once; a quick no-op when it is already there.
 #
-#   scripts/bootstrap.sh          # .venv with the pinned stack, patched Horovod, Delta jars
+#   scripts/bootstrap.sh          # .venv with the pinned stack, patched Horovod, Delta jars (make demo)
+#   scripts/bootstrap.sh --test   # the same, plus Chromium and its driver for the tests (make test)
 #
-# - the virtual environment in .venv (Python 3.11), installed with constraints.txt;
+# - the virtual environment in .venv (Python 3.11), installed with constraints.txt, dev tools included
+#   (pytest, ruff, mypy, import-linter, pre-commit, stubs);
 # - Horovod 0.28.1 built for the pinned torch (scripts/build-horovod.sh), its wheel cached in
 #   ~/.cache/oncolake so a warm machine never rebuilds it;
-# - Java 17, cmake and g++ from Debian's packages when missing and we are root;
+# - Java 17, cmake and g++ from Debian's packages when missing and we are root; with --test also
+#   Debian's chromium and chromium-driver (only the registry browser test needs a browser);
 # - Delta's jars resolved once from Maven Central into ~/.cache/oncolake (oncolake doctor --spark).
-# A stamp in .venv records the hash of pyproject.toml + constraints.txt: when neither changed and the
-# checks pass, nothing is reinstalled.
+# A stamp in .venv records a hash of what is installed from: pyproject.toml's dependency lists (runtime,
+# dev, build system), constraints.txt and the Horovod build script. When none changed and the checks
+# pass (the stack imports, the dev tools are there), nothing is reinstalled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for_tests=
+for arg in "$@"; do
+  case $arg in
+    --test) for_tests=1 ;;
+    *) printf 'usage: %s [--test]\n' "$0" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -34,16 +46,32 @@ want_debian() {  # like need_debian, but a non-root machine only hears about it 
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then need_debian "$1" "$2"
   else say "$1 is missing (the registry browser test skips): install $2"; fi
 }
-want_debian chromium chromium                 # headless browser for tests/test_registry_browser.py
-want_debian chromedriver chromium-driver
+if [[ -n $for_tests ]]; then
+  want_debian chromium chromium                 # headless browser for tests/test_registry_browser.py
+  want_debian chromedriver chromium-driver
+fi
 
 PYTHON=${PYTHON:-$(command -v python3.11 || true)}
 [[ -n "$PYTHON" ]] || { say "Python 3.11 is required (python3.11 not found)"; exit 1; }
 
 VENV=.venv
-stamp_value=$(cat pyproject.toml constraints.txt scripts/build-horovod.sh | sha256sum | cut -d' ' -f1)
-if [[ -f $VENV/.oncolake-stamp && "$(cat $VENV/.oncolake-stamp)" == "$stamp_value" ]] \
-   && $VENV/bin/python -c 'import horovod.torch, delta, petastorm, mlflow' 2>/dev/null; then
+# The dependency lists only: editing a tool's settings in pyproject.toml reinstalls nothing.
+requirements=$("$PYTHON" - <<'PY'
+import json, tomllib
+with open("pyproject.toml", "rb") as f:
+    data = tomllib.load(f)
+project = data["project"]
+print(json.dumps([data["build-system"], project["dependencies"], project.get("optional-dependencies")]))
+PY
+)
+stamp_value=$({ echo "$requirements"; cat constraints.txt scripts/build-horovod.sh; } | sha256sum | cut -d' ' -f1)
+dev_tools=(pytest ruff mypy lint-imports pre-commit)
+installed() {
+  local tool
+  for tool in "${dev_tools[@]}"; do [[ -x $VENV/bin/$tool ]] || return 1; done
+  $VENV/bin/python -c 'import horovod.torch, delta, petastorm, mlflow, tqdm' 2>/dev/null
+}
+if [[ -f $VENV/.oncolake-stamp && "$(cat $VENV/.oncolake-stamp)" == "$stamp_value" ]] && installed; then
   exit 0
 fi
 

@@ -3,6 +3,7 @@ against their registries, local paths made absolute, and every default in base.y
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def test_a_profile_that_empties_a_section_names_the_missing_keys(tmp_path: Path)
     bad.write_text("extends: local\naggregation: {}\n")
     with pytest.raises(ConfigError) as err:
         load_settings(str(bad))
-    assert f"aggregation.image_top_k has no value in {bad}" in str(err.value)
+    assert re.search(r"aggregation\.image_top_k has no value in \S*empty\.yaml", str(err.value))
 
 
 def test_the_declared_names_are_the_registries_names() -> None:
@@ -132,7 +133,7 @@ def test_an_unknown_network_fails_at_load_naming_the_file(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_settings(str(bad))
     message = str(err.value)
-    assert f"train.network in {bad}" in message
+    assert re.search(r"train\.network in \S*net\.yaml:", message)
     assert "'alexnet' is not one of ['alexnet_like', 'compact']" in message
 
 
