@@ -16,6 +16,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from conf import Settings, load_settings
 from core.aggregation import AggregationRule
@@ -26,11 +27,12 @@ from model.networks import build_network
 from model.registry import VersionIncomplete, model_name
 from model.scoring import score_images, scoring_model
 from model.tracking import CHAMPION, log_tile_model, register, use_tracking
-from pipelines.io import current_version, read_table
+from pipelines.io import current_version, merge_into, read_table
 from pipelines.sources import landing
 from synth import landing as synth_landing
 
 TASK_NAMES = ("histo_benign_vs_malignant", "mammo_normal_vs_abnormal")
+COLLECTIONS = ("breakhis", "mias")
 
 
 def _rule(settings: Settings) -> AggregationRule:
@@ -67,12 +69,14 @@ def _example(spark: SparkSession, settings: Settings) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The session's ingested and tiled corpus, copied into a lakehouse (and MLflow store) of this module's
-    own: the predictions, landing tables and registered models these tests count are theirs alone."""
+    """The session's ingested and tiled BreaKHis and MIAS (one histology and one mammography collection),
+    copied into a lakehouse (and MLflow store) of this module's own: the predictions, landing tables and
+    registered models these tests count are theirs alone."""
     root = tmp_path_factory.mktemp("score")
-    for table in ("images", "tiles"):
-        shutil.copytree(tiles.lakehouse.table(table), Path(root) / table)
     settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
+    for table, key in (("images", "image_id"), ("tiles", "tile_id")):
+        rows = read_table(spark, tiles.lakehouse.table(table)).where(F.col("collection").isin(COLLECTIONS))
+        merge_into(spark, rows, settings.lakehouse.table(table), [key])
     use_tracking(settings)
     example = _example(spark, settings)
     for task_name in TASK_NAMES:
@@ -80,12 +84,18 @@ def lake(spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPath
     return settings
 
 
-def _score(settings: Settings, tmp_path: Path, *extra: str) -> dict:
+def _job(settings: Settings, tmp_path: Path, *extra: str) -> dict:
+    """``oncolake score`` as the schedules run it; its summary JSON."""
     summary = tmp_path / "summary.json"
     args = ["--config", "tiny", "--set", f"lakehouse.root={settings.lakehouse.root}"]
     args += [f"--task={t}" for t in TASK_NAMES]
     assert score_job.main([*args, "--summary-json", str(summary), *extra]) == 0
     return json.loads(summary.read_text())
+
+
+def _score(spark: SparkSession, settings: Settings, **options) -> dict:
+    """The library call the job makes; the same summary."""
+    return score_images(spark, settings, TASK_NAMES, **options).as_dict()
 
 
 def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake: Settings, tmp_path) -> None:
@@ -95,10 +105,10 @@ def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake:
         r["modality"]: r["count"]
         for r in images.join(tiled, "image_id").groupBy("modality").count().collect()
     }
-    dry = _score(lake, tmp_path, "--dry-run")
+    dry = _job(lake, tmp_path, "--dry-run")
     assert dry["scored"] == 0 and not Path(lake.lakehouse.table("predictions")).exists()
 
-    first = _score(lake, tmp_path)
+    first = _score(spark, lake)
     assert first["scored"] == per_modality["histology"] + per_modality["mammography"]
     assert sum(first["labels"].values()) == first["scored"]
     predictions = read_table(spark, lake.lakehouse.table("predictions"))
@@ -114,13 +124,13 @@ def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake:
         assert (row["predicted_label"] == row["positive_class"]) == (row["p_positive"] >= 0.5)
 
     version = current_version(spark, lake.lakehouse.table("predictions"))
-    again = _score(lake, tmp_path)
+    again = _score(spark, lake)
     assert again["scored"] == 0 and again["already_scored"] == first["scored"]
     assert current_version(spark, lake.lakehouse.table("predictions")) == version
 
     # A new champion scores everything again under its own version; the old rows stay.
     new = _register(lake, "histo_benign_vs_malignant", 1, _example(spark, lake))
-    third = _score(lake, tmp_path)
+    third = _score(spark, lake)
     assert third["scored"] == per_modality["histology"]
     versions = predictions.where("model = 'oncolake-histo_benign_vs_malignant'").groupBy("version").count()
     histology = per_modality["histology"]
@@ -128,7 +138,7 @@ def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake:
 
 
 def test_udf_probabilities_equal_the_models_own_output(spark: SparkSession, lake: Settings, tmp_path) -> None:
-    _score(lake, tmp_path)
+    _score(spark, lake)
     name = "oncolake-mammo_normal_vs_abnormal"
     predictions = read_table(spark, lake.lakehouse.table("predictions")).where(f"model = '{name}'")
     row = predictions.orderBy("image_id").first()
@@ -191,7 +201,7 @@ def test_landing_folder_is_landed_and_scored_by_modality(
 ) -> None:
     root = tmp_path / "landing"
     manifest = synth_landing.generate(root, 8, seed=4)
-    first = _score(lake, tmp_path, "--landing", str(root))
+    first = _job(lake, tmp_path, "--landing", str(root))
     assert first["quarantined"] == 3  # truncated PNG, a text file, a PNG of unknown modality
 
     landed = read_table(spark, lake.lakehouse.table("landing_images"))
@@ -216,8 +226,18 @@ def test_landing_folder_is_landed_and_scored_by_modality(
     quarantine = read_table(spark, lake.lakehouse.table("quarantine")).where("collection = 'landing'")
     assert {r["path"] for r in quarantine.collect()} == {p["path"] for p in manifest["planted"]}
 
-    dry = _score(lake, tmp_path, "--dry-run", "--landing", str(root))
+    dry = _score(spark, lake, dry_run=True, landing=root)
     assert dry["scored"] == 0 and dry["quarantined"] == 0  # a dry run lands and quarantines nothing
-    again = _score(lake, tmp_path, "--landing", str(root))
+    again = _score(spark, lake, landing=root)
     assert again["scored"] == 0 and again["quarantined"] == 3
     assert read_table(spark, lake.lakehouse.table("landing_images")).count() == manifest["images"]
+
+
+def test_the_job_exits_2_without_a_landing_folder_or_anything_to_score(spark: SparkSession, tmp_path) -> None:
+    args = ["--config", "tiny", "--set", f"lakehouse.root={tmp_path / 'empty'}"]
+    with pytest.raises(SystemExit) as missing:
+        score_job.main([*args, "--landing", str(tmp_path / "no-such-folder")])
+    assert missing.value.code == 2
+    with pytest.raises(SystemExit) as nothing:
+        score_job.main(args)
+    assert nothing.value.code == 2
