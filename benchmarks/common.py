@@ -15,10 +15,9 @@ from pathlib import Path
 import psutil
 
 import synth
-from jobs import ingest as ingest_job
-from pipelines import tiles
-from pipelines.io import merge_into, read_table
+from pipelines.collections import ingest_collections
 from pipelines.pseudonym import DEMO_SECRET
+from pipelines.tiles import tile_images
 
 
 class PeakMemory:
@@ -81,8 +80,9 @@ def build_tiles(
 ) -> float:
     """Synthetic corpus -> ingest -> tiles table, for ``collections`` only. Returns seconds.
 
-    The ingest job's logic (``jobs.ingest.run``) and the tile job's (``cut_tiles`` MERGEd into the tiles
-    table); ``tile_files`` repartitions the tiles into that many files (0: as the tile job writes them).
+    The ingest job's library function (:func:`pipelines.collections.ingest_collections`) and the tile
+    job's (:func:`pipelines.tiles.tile_images`); ``tile_files`` repartitions the tiles into that many
+    files (0: as the tile job writes them).
     """
     started = time.perf_counter()
     corpus = work / "corpus"
@@ -92,15 +92,7 @@ def build_tiles(
         for name, entry in manifest.items()
         if isinstance(entry, dict) and name in set(collections)
     }
-    ingest_job.run(spark, settings, roots, DEMO_SECRET)
-    lake = settings.lakehouse
-    images_table, annotations = (
-        read_table(spark, lake.table("images")),
-        read_table(spark, lake.table("annotations")),
-    )
-    cut = tiles.cut_tiles(
-        tiles.with_findings(images_table, annotations), tiles.TileOptions.from_settings(settings.tiles)
-    )
-    merge_into(spark, cut.repartition(tile_files) if tile_files else cut, lake.table("tiles"), ["tile_id"])
+    ingest_collections(spark, settings, roots, DEMO_SECRET)
+    tile_images(spark, settings, files=tile_files)
     shutil.rmtree(corpus)
     return time.perf_counter() - started

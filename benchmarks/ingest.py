@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/ingest.py [--sizes 250 500 1000 2000] [--cores 2] [--downscale 16]
 
 For each corpus size it generates a synthetic corpus, then runs, in the same process and on the same
-files: (a) the Spark path (``oncolake ingest`` then ``oncolake tile`` logic on ``local[cores]``, Delta
-MERGEs included) and (b) a baseline, the same scan + decode + normalise + tile functions in a
-``ProcessPoolExecutor`` of ``cores`` workers writing Parquet with pyarrow. It prints images/s of both,
-their ratio (target >= 0.8), seconds per image per size (target: flat within 20%) and the peak resident
-memory of the driver JVM and of the Python workers (target: bounded, independent of corpus size).
-The last line is one JSON object with those figures. Machines are noisy: read the ratios, not the
-absolute times.
+files: (a) the Spark path (the library functions of ``oncolake ingest`` then ``oncolake tile`` on
+``local[cores]``, Delta MERGEs included) and (b) a baseline, the same scan + decode + normalise + tile
+functions in a ``ProcessPoolExecutor`` of ``cores`` workers writing Parquet with pyarrow. It prints
+images/s of both, their ratio (target >= 0.8), seconds per image per size (target: flat within 20%) and
+the peak resident memory of the driver JVM and of the Python workers (target: bounded, independent of
+corpus size). The last line is one JSON object with those figures. Machines are noisy: read the ratios,
+not the absolute times.
 """
 
 from __future__ import annotations
@@ -28,19 +28,18 @@ from common import PeakMemory, is_jvm
 
 import synth
 from conf import load_settings
-from jobs import ingest as ingest_job
 from jobs.session import build_spark
-from pipelines import ingest, tiles
-from pipelines.io import merge_into, read_table
+from pipelines import decode, ingest, tiles
+from pipelines.collections import ingest_collections
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.sources import SOURCES
 
-Work = tuple[dict, dict[str, str], ingest.NormaliseOptions, tiles.TileOptions]
+Work = tuple[dict, dict[str, str], decode.NormaliseOptions, tiles.TileOptions]
 
 
 def _baseline_one(args: Work) -> list[dict]:
     row, roots, normalise_options, tile_options = args
-    decoded = ingest.decode_record(row, roots, normalise_options)
+    decoded = decode.decode_record(row, roots, normalise_options)
     if decoded["status"] != "ok":
         return []
     image = {**decoded, "split": "train"}
@@ -53,7 +52,7 @@ def baseline(roots: dict[str, str], out: Path, cores: int, settings) -> float:
     scans = {name: SOURCES[name].scan(Path(root)) for name, root in roots.items()}
     rows = ingest.record_rows(scans, DEMO_SECRET, hash_paths=False)
     names = ingest.RECORD_SCHEMA.fieldNames()
-    normalise_options = ingest.NormaliseOptions.from_settings(settings.normalise)
+    normalise_options = decode.NormaliseOptions.from_settings(settings.normalise)
     tile_options = tiles.TileOptions.from_settings(settings.tiles)
     work = [(dict(zip(names, row, strict=True)), roots, normalise_options, tile_options) for row in rows]
     out.mkdir(parents=True, exist_ok=True)
@@ -71,17 +70,10 @@ def baseline(roots: dict[str, str], out: Path, cores: int, settings) -> float:
 
 
 def spark_path(spark, settings, roots: dict[str, str]) -> float:
-    """The ingest job's logic and the tile job's logic, Delta MERGEs included. Returns seconds."""
+    """The ingest and tile jobs' library functions, Delta MERGEs included. Returns seconds."""
     started = time.perf_counter()
-    ingest_job.run(spark, settings, roots, DEMO_SECRET)
-    lake = settings.lakehouse
-    images, annotations = (
-        read_table(spark, lake.table("images")),
-        read_table(spark, lake.table("annotations")),
-    )
-    todo = tiles.with_findings(images, annotations)
-    options = tiles.TileOptions.from_settings(settings.tiles)
-    merge_into(spark, tiles.cut_tiles(todo, options), lake.table("tiles"), ["tile_id"])
+    ingest_collections(spark, settings, roots, DEMO_SECRET)
+    tiles.tile_images(spark, settings)
     return time.perf_counter() - started
 
 

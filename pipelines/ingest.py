@@ -1,33 +1,34 @@
-"""Ingest: scanned records in, decoded and normalised image rows out (plus findings and quarantine rows).
+"""Ingest's table rows, and the steps that the collections and the landing zone share.
 
-The driver only scans metadata (see :mod:`pipelines.sources`) and pseudonymises patients; pixels are
-read, hashed, decoded and normalised in the executors by :func:`decode_images`, one pandas batch at a
-time, so no image ever travels to the driver. A file that cannot be decoded becomes a row with
-``status = 'quarantined'`` and its reason instead of an exception: the job always finishes and every
-file is accounted for.
+The driver only scans metadata (see :mod:`pipelines.sources`) and pseudonymises patients
+(:func:`record_rows`); :func:`decode_new` has the executors decode the files not yet in the images
+table (:mod:`pipelines.decode`). The decoded rows become ``images`` rows (:func:`image_rows`, one file
+kept per content hash: :func:`new_files`), ``annotations`` rows (:func:`annotation_rows`) and
+``quarantine`` rows (:func:`merge_quarantine`). Used by :func:`pipelines.collections.ingest_collections`
+and :func:`pipelines.land.land_folder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
+from typing import Any
 
-import numpy as np
-import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from conf.schema import NormaliseSettings
+from conf import Settings
+from core.ids import stable_id, stable_id_sql
+from pipelines.decode import NormaliseOptions, decode_images
+from pipelines.io import merge_into
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources import READERS
-from pipelines.sources.base import DecodeError, Geometry, ImageRecord, Rejection, Scan
+from pipelines.sources.base import Rejection, Scan
+from pipelines.summary import CollectionSummary, count_outcome
 
 RECORD_SCHEMA = T.StructType(
     [
@@ -40,75 +41,17 @@ RECORD_SCHEMA = T.StructType(
     ]
 )
 
-TRANSFORM_TYPE = T.StructType(
+QUARANTINE_SCHEMA = T.StructType(
     [
-        T.StructField("flipped", T.BooleanType()),
-        T.StructField("top", T.IntegerType()),
-        T.StructField("left", T.IntegerType()),
-        T.StructField("bottom", T.IntegerType()),
-        T.StructField("right", T.IntegerType()),
-        T.StructField("scale", T.DoubleType()),
-        T.StructField("height", T.IntegerType()),
-        T.StructField("width", T.IntegerType()),
-    ]
-)
-
-FINDING_TYPE = T.StructType(
-    [
-        T.StructField("index", T.IntegerType()),
-        T.StructField("label", T.StringType()),
-        T.StructField("subtype", T.StringType()),
-        T.StructField("descriptors", T.MapType(T.StringType(), T.StringType())),
-        T.StructField("geometry_kind", T.StringType()),
-        T.StructField("geometry", T.StringType()),
-        T.StructField("mask_png", T.BinaryType()),
-    ]
-)
-
-DECODED_SCHEMA = T.StructType(
-    [
-        T.StructField("source_key", T.StringType(), False),
+        T.StructField("quarantine_id", T.StringType(), False),
         T.StructField("collection", T.StringType(), False),
-        T.StructField("modality", T.StringType(), False),
-        T.StructField("source_path", T.StringType(), True),
-        T.StructField("patient_key", T.StringType(), False),
-        T.StructField("status", T.StringType(), False),
-        T.StructField("stage", T.StringType(), True),
-        T.StructField("reason", T.StringType(), True),
-        T.StructField("image_id", T.StringType(), True),
-        T.StructField("label", T.StringType(), True),
-        T.StructField("view", T.StringType(), True),
-        T.StructField("laterality", T.StringType(), True),
-        T.StructField("magnification", T.IntegerType(), True),
-        T.StructField("original_height", T.IntegerType(), True),
-        T.StructField("original_width", T.IntegerType(), True),
-        T.StructField("bit_depth", T.IntegerType(), True),
-        T.StructField("pixel_spacing_mm", T.DoubleType(), True),
-        T.StructField("attributes", T.MapType(T.StringType(), T.StringType()), True),
-        T.StructField("transform", TRANSFORM_TYPE, True),
-        T.StructField("height", T.IntegerType(), True),
-        T.StructField("width", T.IntegerType(), True),
-        T.StructField("pixels", T.BinaryType(), True),
-        T.StructField("phash", T.LongType(), True),
-        T.StructField("findings", T.ArrayType(FINDING_TYPE), True),
-        T.StructField("notes", T.ArrayType(T.StringType()), True),
+        T.StructField("path", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("is_image", T.BooleanType(), False),
+        T.StructField("first_seen_at", T.TimestampType(), False),
     ]
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class NormaliseOptions:
-    """What the executors need to normalise an image (plain values: shipped in the task closure)."""
-
-    mammography_height: int
-    histology_height: int
-
-    @classmethod
-    def from_settings(cls, normalise: NormaliseSettings) -> NormaliseOptions:
-        return cls(normalise.mammography_height, normalise.histology_height)
-
-    def height(self, modality: str) -> int:
-        return self.mammography_height if modality == "mammography" else self.histology_height
 
 
 def display_path(collection: str, path: str, hash_paths: bool) -> str:
@@ -169,131 +112,6 @@ def without_present(records: DataFrame, images: DataFrame | None) -> DataFrame:
     return records.join(images.select("source_key"), "source_key", "left_anti")
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:32]
-
-
-def lesion_mask(
-    reader: ModuleType, root: Path, record: ImageRecord, geometry: Geometry, shape: tuple[int, int]
-) -> np.ndarray | None:
-    """The finding's ROI mask: the first binary candidate of the image's ``shape``, else the first binary
-    one (stretched later, as real masks are sometimes a few pixels off), else None.
-
-    Metadata can name the cropped lesion as the mask (CBIS-DDSM), so the candidates are judged by their
-    pixels, not their names; the mask the metadata names is tried first and is usually right.
-    """
-    fallback = None
-    for path in (geometry.mask_path, *geometry.mask_candidates):
-        try:
-            pixels = reader.decode(root, dataclasses.replace(record, path=str(path))).pixels
-        except (DecodeError, OSError):
-            continue
-        if np.unique(pixels).size > 2:
-            continue
-        if pixels.shape[:2] == shape:
-            return pixels
-        fallback = pixels if fallback is None else fallback
-    return fallback
-
-
-def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
-    """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
-    from pipelines.normalise import normalise, transform_geometry, transform_mask
-    from core.codec import encode_png
-    from core.phash import perceptual_hash
-
-    base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
-    record: ImageRecord = pickle.loads(row["record"])
-    reader = READERS[record.collection]
-    root = Path(roots[record.collection])
-    try:
-        image_id = _file_hash(root / record.path)
-        decoded = reader.decode(root, record)
-        modality = row["modality"]
-        pixels, transform = normalise(decoded, modality, options.height(modality))
-        findings, notes = [], list(decoded.notes)
-        for index, finding in enumerate(record.findings):
-            geometry, mask_png = finding.geometry, None
-            if geometry is not None and geometry.kind == "mask":
-                mask = lesion_mask(reader, root, record, geometry, (decoded.height, decoded.width))
-                if mask is None:
-                    notes.append(f"finding {index}: no binary ROI mask among its files; image-level only")
-                    geometry = None
-                else:
-                    region = transform_mask(mask > 0.5, transform, (decoded.height, decoded.width))
-                    mask_png = encode_png(region.astype("uint8") * 255)
-                    geometry = Geometry(kind="mask")  # pixels travel in mask_png; the path may identify
-            elif geometry is not None:
-                geometry = transform_geometry(geometry, transform, decoded.width)
-            findings.append(
-                {
-                    "index": index,
-                    "label": finding.label,
-                    "subtype": finding.subtype,
-                    "descriptors": dict(finding.descriptors),
-                    "geometry_kind": geometry.kind if geometry else None,
-                    "geometry": json.dumps(dataclasses.asdict(geometry)) if geometry else None,
-                    "mask_png": mask_png,
-                }
-            )
-    except (DecodeError, OSError, ValueError) as exc:
-        stage = "decode" if isinstance(exc, DecodeError | OSError) else "normalise"
-        return {**base, "status": "quarantined", "stage": stage, "reason": str(exc) or type(exc).__name__}
-    return {
-        **base,
-        "status": "ok",
-        "image_id": image_id,
-        "label": record.label,
-        "view": record.view,
-        "laterality": record.laterality,
-        "magnification": record.magnification,
-        "original_height": decoded.height,
-        "original_width": decoded.width,
-        "bit_depth": decoded.bit_depth,
-        "pixel_spacing_mm": record.pixel_spacing_mm,
-        "attributes": dict(record.attributes),
-        "transform": transform.to_dict(),
-        "height": int(pixels.shape[0]),
-        "width": int(pixels.shape[1]),
-        "pixels": encode_png(pixels),
-        "phash": perceptual_hash(pixels),
-        "findings": findings,
-        "notes": notes,
-    }
-
-
-DECODE_BATCH = 16  # decoded images a Python worker holds before handing them to Spark
-
-
-def decode_images(records: DataFrame, roots: Mapping[str, str], options: NormaliseOptions) -> DataFrame:
-    """Executors: decode, content-hash and normalise every record.
-
-    Args:
-        records: rows of :data:`RECORD_SCHEMA`.
-        roots: collection name -> root folder, as seen by the executors.
-        options: normalised sizes.
-
-    Returns:
-        Rows of :data:`DECODED_SCHEMA`, one per record, ``status`` ``ok`` or ``quarantined``.
-    """
-    roots = dict(roots)
-    columns = DECODED_SCHEMA.fieldNames()
-
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            records = batch.to_dict("records")
-            for start in range(0, len(records), DECODE_BATCH):
-                rows = [decode_record(row, roots, options) for row in records[start : start + DECODE_BATCH]]
-                # Object columns keep None as None: a quarantined row has no map or struct values to fill.
-                yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
-
-    return records.mapInPandas(run, DECODED_SCHEMA)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -302,7 +120,7 @@ def image_rows(decoded: DataFrame, chosen: DataFrame) -> DataFrame:
     """The ``images`` table's rows for newly decoded images, with their (already assigned) split.
 
     Args:
-        decoded: :func:`decode_images` output.
+        decoded: :func:`pipelines.decode.decode_images` output.
         chosen: ``source_key, split``: the one file kept per new content hash (the driver picked it, so
             no shuffle moves pixels to deduplicate) and the image's split.
 
@@ -343,7 +161,9 @@ def image_rows(decoded: DataFrame, chosen: DataFrame) -> DataFrame:
 def annotation_rows(decoded: DataFrame) -> DataFrame:
     """The ``annotations`` table's rows: one per finding, sourced from the collection's own metadata.
 
-    The ``source``/``reporter`` columns leave room for expert reports (crowd labels) on the same images.
+    Every row has ``source = 'collection'``; the ``source``/``reporter`` columns leave room for expert
+    reports (crowd labels) on the same images, which tile labels do not read
+    (:func:`pipelines.tiles.with_findings`).
     """
     finding = F.col("finding")
     return (
@@ -351,9 +171,9 @@ def annotation_rows(decoded: DataFrame) -> DataFrame:
         .dropDuplicates(["image_id"])
         .select("image_id", "collection", F.explode("findings").alias("finding"))
         .select(
-            F.sha2(F.concat_ws("\x1f", "image_id", F.lit("collection"), finding["index"].cast("string")), 256)
-            .substr(1, 32)
-            .alias("annotation_id"),
+            F.expr(stable_id_sql("image_id", "'collection'", "CAST(finding.`index` AS STRING)")).alias(
+                "annotation_id"
+            ),
             "image_id",
             "collection",
             finding["label"].alias("label"),
@@ -369,23 +189,6 @@ def annotation_rows(decoded: DataFrame) -> DataFrame:
     )
 
 
-QUARANTINE_SCHEMA = T.StructType(
-    [
-        T.StructField("quarantine_id", T.StringType(), False),
-        T.StructField("collection", T.StringType(), False),
-        T.StructField("path", T.StringType(), False),
-        T.StructField("stage", T.StringType(), False),
-        T.StructField("reason", T.StringType(), False),
-        T.StructField("is_image", T.BooleanType(), False),
-        T.StructField("first_seen_at", T.TimestampType(), False),
-    ]
-)
-
-
-def _quarantine_id(collection: str, path: str, stage: str, reason: str) -> str:
-    return hashlib.sha256("\x1f".join((collection, path, stage, reason)).encode()).hexdigest()[:32]
-
-
 def scan_quarantine_rows(
     spark: SparkSession, rejections: Mapping[str, list[Rejection]], hash_paths: bool
 ) -> DataFrame:
@@ -393,7 +196,7 @@ def scan_quarantine_rows(
     now = _now()
     rows = [
         (
-            _quarantine_id(collection, r.path, r.stage, r.reason),
+            stable_id(collection, r.path, r.stage, r.reason),
             collection,
             display_path(collection, r.path, hash_paths),
             r.stage,
@@ -409,15 +212,120 @@ def scan_quarantine_rows(
 
 def decode_quarantine_rows(decoded: DataFrame) -> DataFrame:
     """``quarantine`` rows for files that failed to decode or normalise."""
-    path = F.coalesce("source_path", "source_key")
+    path = "coalesce(source_path, source_key)"
     return decoded.where(F.col("status") == "quarantined").select(
-        F.sha2(F.concat_ws("\x1f", "collection", path, "stage", "reason"), 256)
-        .substr(1, 32)
-        .alias("quarantine_id"),
+        F.expr(stable_id_sql("collection", path, "stage", "reason")).alias("quarantine_id"),
         "collection",
-        path.alias("path"),
+        F.expr(path).alias("path"),
         "stage",
         "reason",
         F.lit(True).alias("is_image"),
         F.lit(_now()).alias("first_seen_at"),
     )
+
+
+def scan_summary(scan: Scan) -> CollectionSummary:
+    """A collection's accounting as its scan leaves it: every image file seen, those it rejected counted
+    quarantined, and the rejected metadata rows (not files) apart."""
+    image_rejections = sum(r.is_image for r in scan.rejections)
+    return CollectionSummary(
+        seen=len(scan.records) + image_rejections,
+        quarantined=image_rejections,
+        auxiliary=scan.auxiliary,
+        rejected_rows=len(scan.rejections) - image_rejections,
+    )
+
+
+def decode_new(
+    spark: SparkSession,
+    settings: Settings,
+    scans: Mapping[str, Scan],
+    roots: Mapping[str, str],
+    images: DataFrame | None,
+    secret: bytes,
+) -> DataFrame:
+    """Decode, in the executors, the scanned files whose path is not in ``images`` yet.
+
+    Args:
+        spark: the session.
+        settings: privacy (path hashing) and normalise settings.
+        scans: collection name -> its scan.
+        roots: collection name -> its root folder, absolute (the executors open the files from it).
+        images: the current images table, or ``None`` before the first run.
+        secret: the pseudonym key.
+
+    Returns:
+        The :func:`pipelines.decode.decode_images` rows, persisted: the caller unpersists them.
+    """
+    rows = record_rows(scans, secret, settings.privacy.hash_source_paths)
+    todo = without_present(records_frame(spark, rows), images)
+    options = NormaliseOptions.from_settings(settings.normalise)
+    return decode_images(todo, roots, options).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def outcomes(decoded: DataFrame) -> list[dict[str, Any]]:
+    """What became of each decoded file (``collection, status, image_id, source_key``), on the driver."""
+    return [r.asDict() for r in decoded.select("collection", "status", "image_id", "source_key").collect()]
+
+
+def merge_quarantine(
+    spark: SparkSession,
+    settings: Settings,
+    scans: Mapping[str, Scan],
+    decoded: DataFrame,
+    metadata: Mapping[str, Any],
+) -> None:
+    """MERGE into the ``quarantine`` table what the scans rejected and the files that failed to decode."""
+    rejections = {name: scan.rejections for name, scan in scans.items()}
+    quarantine = scan_quarantine_rows(spark, rejections, settings.privacy.hash_source_paths)
+    merge_into(
+        spark,
+        quarantine.unionByName(decode_quarantine_rows(decoded)),
+        settings.lakehouse.table("quarantine"),
+        ["quarantine_id"],
+        metadata,
+    )
+
+
+def new_files(
+    outcome: list[dict[str, Any]], summary_of: Callable[[str], CollectionSummary], known: set[str]
+) -> dict[str, str]:
+    """Count every decoded file in its collection's summary and pick the one file kept per new image.
+
+    Files are taken in ``source_key`` order, so the same corpus always keeps the same file of identical
+    ones. See :func:`pipelines.summary.count_outcome`.
+
+    Args:
+        outcome: :func:`outcomes`.
+        summary_of: collection name -> the summary to count its files in.
+        known: the image ids already in the table; the new ones are added to it.
+
+    Returns:
+        ``image_id -> source_key`` of the files to write, one per image not in the table before.
+    """
+    kept: dict[str, str] = {}
+    for row in sorted(outcome, key=lambda r: r["source_key"]):
+        if count_outcome(summary_of(row["collection"]), row["status"], row["image_id"], known):
+            kept[row["image_id"]] = row["source_key"]
+    return kept
+
+
+def merge_images(
+    spark: SparkSession,
+    decoded: DataFrame,
+    kept: Mapping[str, str],
+    splits: Mapping[str, str] | None,
+    path: str,
+    metadata: Mapping[str, Any],
+) -> None:
+    """MERGE the kept files' :func:`image_rows` into the images table at ``path``.
+
+    Args:
+        kept: :func:`new_files`.
+        splits: ``image_id -> split`` for every kept image; ``None`` for images without a split (landing).
+    """
+    chosen = spark.createDataFrame(
+        sorted((key, None if splits is None else splits[image]) for image, key in kept.items()),
+        "source_key string, split string",
+    )
+    merge_into(spark, image_rows(decoded, chosen), path, ["image_id"], metadata)

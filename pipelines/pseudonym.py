@@ -14,6 +14,7 @@ import os
 import sys
 
 from conf.schema import PrivacySettings
+from core.ids import stable_id
 
 # A published key for synthetic data and demos only: anyone can recompute these pseudonyms.
 DEMO_SECRET = b"oncolake-demo-secret-not-for-real-patients"
@@ -51,5 +52,8 @@ def pseudonymise(secret: bytes, collection: str, patient_ref: str) -> str:
 
 
 def path_key(collection: str, path: str) -> str:
-    """A stable key for a source file, used to skip files already ingested and to hide private paths."""
-    return hashlib.sha256(f"{collection}\x1f{path}".encode()).hexdigest()[:32]
+    """A stable key for a source file, used to skip files already ingested and to hide private paths.
+
+    Not keyed: :func:`core.ids.stable_id` of the collection and the path (relative to the collection root).
+    """
+    return stable_id(collection, path)

@@ -9,11 +9,11 @@ stratified and incremental. Only image metadata (a few columns, no pixels) is ha
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from core.ids import stable_id
 from pipelines.sources.base import SEVERITY
 
 SPLITS = ("train", "val", "test")
@@ -72,7 +72,7 @@ def group_patients(images: Iterable[ImageMeta], links: Iterable[tuple[str, str]]
 
 
 def _order_key(seed: int, group: str) -> str:
-    return hashlib.sha256(f"{seed}\x1f{group}".encode()).hexdigest()
+    return stable_id(seed, group, length=None)
 
 
 def assign_splits(

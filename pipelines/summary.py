@@ -1,4 +1,5 @@
-"""The accounting a job prints and writes: every file seen is ingested, already present or quarantined."""
+"""The accounting a job prints and writes: every file seen is ingested, already present or quarantined;
+and the tile job's counts per collection, split and label."""
 
 from __future__ import annotations
 
@@ -73,8 +74,38 @@ def render_table(collections: Mapping[str, CollectionSummary]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, collections: Mapping[str, CollectionSummary], **extra: object) -> None:
-    """``{"collections": {name: {...}}}`` plus any extra top-level keys."""
-    payload = {"collections": {name: asdict(s) for name, s in collections.items()}, **extra}
+def unbalanced(collections: Mapping[str, CollectionSummary]) -> list[str]:
+    """The collections whose accounting does not balance (a job that finds any exits non-zero)."""
+    return [name for name, summary in collections.items() if not summary.balanced()]
+
+
+def write_payload(path: Path, payload: Mapping[str, object]) -> None:
+    """``payload`` as indented JSON with sorted keys, the folder created if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_json(path: Path, collections: Mapping[str, CollectionSummary], **extra: object) -> None:
+    """``{"collections": {name: {...}}}`` plus any extra top-level keys."""
+    write_payload(path, {"collections": {name: asdict(s) for name, s in collections.items()}, **extra})
+
+
+@dataclass(frozen=True)
+class TileSummary:
+    """The tiles table's counts: ``rows`` of (collection, split, label, tiles), sorted; an unlabelled
+    tile's label is ``(none)``."""
+
+    rows: list[tuple[str, str, str, int]]
+
+    def render(self) -> str:
+        """A fixed-width table, one line per row."""
+        lines = [f"{'collection':12}{'split':>8}{'label':>12}{'tiles':>9}"]
+        lines += [f"{c:12}{split:>8}{label:>12}{count:>9}" for c, split, label, count in self.rows]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, dict[str, dict[str, dict[str, int]]]]:
+        """``{"tiles": {collection: {split: {label: tiles}}}}``, what ``--summary-json`` writes."""
+        tiles: dict[str, dict[str, dict[str, int]]] = {}
+        for collection, split, label, count in self.rows:
+            tiles.setdefault(collection, {}).setdefault(split, {})[label] = count
+        return {"tiles": tiles}

@@ -1,9 +1,10 @@
-"""Tiles: normalised images and their findings in, labelled 224x224 training tiles out.
+"""Tiles: normalised images and their findings in, labelled ``tiles.size`` training tiles out.
 
 Each image is cut on a regular grid in the executors; background tiles are dropped, and each kept tile
-is labelled from the finding geometry (see :func:`pipelines.tiling.label_tiles` for the rules). A tile
-carries its image's split and patient pseudonym, so training and evaluation never need a join and a
-leak shows up in the tiles table as well.
+is labelled from the geometry of the collection's own findings (see :func:`pipelines.tiling.label_tiles`
+for the rules; expert annotations are not read). A tile carries its image's split and patient pseudonym,
+so training and evaluation never need a join and a leak shows up in the tiles table as well.
+:func:`tile_images` is the tile job; :func:`merge_new_tiles` is shared with the landing zone.
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from conf import Settings
 from conf.schema import TileSettings
+from core.codec import decode_png, encode_png
+from pipelines.io import merge_into, read_table, table_exists
+from pipelines.sources.base import Geometry
+from pipelines.split import SplitLeak
+from pipelines.summary import TileSummary
+from pipelines.tiling import cut_tile, label_tiles, rasterise
+
+# The findings column of images without any (the landing zone's): what cut_tiles reads.
+NO_FINDINGS = "array<struct<label:string,geometry_kind:string,geometry:string,mask_png:binary>>"
 
 TILE_SCHEMA = T.StructType(
     [
@@ -72,13 +83,17 @@ def images_to_tile(images: DataFrame, tiles: DataFrame | None) -> DataFrame:
 
 
 def with_findings(images: DataFrame, annotations: DataFrame) -> DataFrame:
-    """Attach each image's findings (label and normalised geometry) as an array column ``findings``.
+    """Attach each image's own findings (label and normalised geometry) as an array column ``findings``.
 
-    The findings are broadcast: they are a few hundred bytes per image (masks are small PNGs), while the
-    images carry their pixels, which a shuffle join would move across the cluster for nothing.
+    Only annotations with ``source = 'collection'`` (the collection's own metadata) are read: an expert
+    report never changes a tile label. The findings are broadcast: they are a few hundred bytes per image
+    (masks are small PNGs), while the images carry their pixels, which a shuffle join would move across
+    the cluster for nothing.
     """
-    findings = annotations.groupBy("image_id").agg(
-        F.collect_list(F.struct("label", "geometry_kind", "geometry", "mask_png")).alias("findings")
+    findings = (
+        annotations.where(F.col("source") == "collection")
+        .groupBy("image_id")
+        .agg(F.collect_list(F.struct("label", "geometry_kind", "geometry", "mask_png")).alias("findings"))
     )
     return images.join(F.broadcast(findings), "image_id", "left")
 
@@ -88,10 +103,7 @@ def _tile_id(image_id: str, y: int, x: int, size: int) -> str:
 
 
 def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
-    from pipelines.sources.base import Geometry
-    from core.codec import decode_png, encode_png
-    from pipelines.tiling import cut_tile, label_tiles, rasterise
-
+    """The labelled tiles of one image row (with its ``findings``), as :data:`TILE_SCHEMA` dicts."""
     image = decode_png(row["pixels"])
     height, width = image.shape[:2]
     regions: list[tuple[str, np.ndarray | None]] = []
@@ -167,3 +179,68 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
                 yield pd.DataFrame(rows, columns=columns)
 
     return selected.mapInPandas(run, TILE_SCHEMA)
+
+
+class NoImages(RuntimeError):
+    """There is no images table to tile yet."""
+
+
+def merge_new_tiles(
+    spark: SparkSession,
+    images_path: str,
+    tiles_path: str,
+    annotations_path: str | None,
+    options: TileOptions,
+    metadata: Mapping[str, object],
+    files: int = 0,
+) -> None:
+    """Cut the images of ``images_path`` that have no tiles yet and MERGE their tiles by tile id.
+
+    Args:
+        annotations_path: the findings to label from (:func:`with_findings`); ``None`` for images that
+            have none (the landing zone's, unlabelled).
+        metadata: the commit's ``userMetadata``.
+        files: repartition the new tiles into that many files first (0: as :func:`cut_tiles` makes them).
+    """
+    done = read_table(spark, tiles_path) if table_exists(spark, tiles_path) else None
+    todo = images_to_tile(read_table(spark, images_path), done)
+    if annotations_path is None:
+        todo = todo.withColumn("findings", F.lit(None).cast(NO_FINDINGS))
+    else:
+        todo = with_findings(todo, read_table(spark, annotations_path))
+    cut = cut_tiles(todo, options)
+    merge_into(spark, cut.repartition(files) if files else cut, tiles_path, ["tile_id"], metadata)
+
+
+def tile_images(spark: SparkSession, settings: Settings, files: int = 0) -> TileSummary:
+    """The tile job: tile every image of the lakehouse not yet tiled, check splits, count the tiles.
+
+    Re-running adds nothing.
+
+    Args:
+        files: see :func:`merge_new_tiles` (the job uses 0).
+
+    Returns:
+        The tiles table's counts per collection, split and label.
+
+    Raises:
+        NoImages: before the first ingest.
+        SplitLeak: when one patient's tiles span two splits.
+    """
+    lake = settings.lakehouse
+    if not table_exists(spark, lake.table("images")):
+        raise NoImages("no images table yet: run 'oncolake ingest' first")
+    tiles_path = lake.table("tiles")
+    metadata = {"job": "tile", "config": settings.public_dict()}
+    options = TileOptions.from_settings(settings.tiles)
+    merge_new_tiles(
+        spark, lake.table("images"), tiles_path, lake.table("annotations"), options, metadata, files
+    )
+    table = read_table(spark, tiles_path)
+    leaks = table.groupBy("collection", "patient_key").agg(F.countDistinct("split").alias("n")).where("n > 1")
+    if leaks.limit(1).count():
+        raise SplitLeak(f"tiles of {leaks.count()} patients span two splits")
+    counts = table.groupBy("collection", "split", F.coalesce("label", F.lit("(none)")).alias("label")).count()
+    return TileSummary(
+        sorted((r["collection"], r["split"], r["label"], r["count"]) for r in counts.collect())
+    )

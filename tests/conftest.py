@@ -1,4 +1,5 @@
-"""Shared fixtures: one Delta SparkSession for the whole run, and a throw-away MLflow store.
+"""Shared fixtures: one Delta SparkSession for the whole run, a synthetic corpus ingested and tiled once
+(``tiles``), and a throw-away MLflow store.
 
 Tests that need several executor JVMs (local-cluster) or a standalone master start the job as a
 subprocess instead, so this session stays the only one in the test process.
@@ -17,6 +18,10 @@ from pyspark.sql import SparkSession
 
 from conf import Settings, load_settings
 from jobs.session import build_spark
+from pipelines.collections import ingest_collections
+from pipelines.pseudonym import DEMO_SECRET
+from pipelines.summary import CollectionSummary
+from pipelines.tiles import tile_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +51,32 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     out = tmp_path_factory.mktemp("corpus")
     return out, synth.generate(out, images=60, downscale=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def corpus_roots(corpus: tuple[Path, dict]) -> dict[str, str]:
+    """Collection name -> root folder of the session corpus."""
+    out, manifest = corpus
+    return {name: str(out / entry["root"]) for name, entry in manifest.items() if isinstance(entry, dict)}
+
+
+@pytest.fixture(scope="session")
+def ingested(
+    spark: SparkSession, settings: Settings, corpus_roots: dict[str, str]
+) -> dict[str, CollectionSummary]:
+    """The session corpus ingested into the session lakehouse (demo secret): that run's summary.
+
+    Read-only for tests: a test that writes to a lakehouse makes its own.
+    """
+    return ingest_collections(spark, settings, corpus_roots, DEMO_SECRET)
+
+
+@pytest.fixture(scope="session")
+def tiles(spark: SparkSession, settings: Settings, ingested: dict[str, CollectionSummary]) -> Settings:
+    """The session corpus ingested and tiled: the session settings, whose lakehouse tables
+    (``images``, ``annotations``, ``quarantine``, ``tiles``) are then built. Read-only for tests."""
+    tile_images(spark, settings)
+    return settings
 
 
 @pytest.fixture()

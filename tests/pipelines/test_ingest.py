@@ -1,4 +1,4 @@
-"""Ingest and tile on a synthetic corpus in the real layouts: accounting, idempotence, privacy, splits."""
+"""Ingest on a synthetic corpus in the real layouts: accounting, idempotence, privacy, splits, paths."""
 
 from __future__ import annotations
 
@@ -16,34 +16,19 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from conf import Settings, load_settings
-from jobs import ingest as ingest_job
-from pipelines.io import current_version, merge_into, read_table
+from conf import ConfigError, Settings, load_settings
+from core.codec import decode_png
+from pipelines.collections import ingest_collections, source_roots
+from pipelines.io import current_version, read_table
 from pipelines.links import HashedImage, find_links
 from pipelines.pseudonym import DEMO_SECRET
-from pipelines.tiles import TileOptions, cut_tiles, with_findings
-from core.codec import decode_png
 
 SECRET = b"test-secret-5f1e0c"
 TABLES = ("images", "annotations", "quarantine")
 
 
-def _roots(corpus: tuple[Path, dict]) -> dict[str, str]:
-    out, manifest = corpus
-    return {name: str(out / entry["root"]) for name, entry in manifest.items() if isinstance(entry, dict)}
-
-
 def _settings(lakehouse: Path, *extra: str) -> Settings:
     return load_settings("tiny", [f"lakehouse.root={lakehouse}", "spark.master=local[2]", *extra])
-
-
-@pytest.fixture(scope="session")
-def ingested(spark: SparkSession, corpus, tmp_path_factory: pytest.TempPathFactory):
-    """One ingest of the whole corpus, shared by the read-only tests below."""
-    lakehouse = tmp_path_factory.mktemp("ingested")
-    settings = _settings(lakehouse)
-    summaries = ingest_job.run(spark, settings, _roots(corpus), SECRET)
-    return settings, summaries
 
 
 def _planted_files(corpus: tuple[Path, dict], name: str) -> list[dict]:
@@ -52,8 +37,10 @@ def _planted_files(corpus: tuple[Path, dict], name: str) -> list[dict]:
     return [p for p in manifest[name]["planted"] if (root / p["path"]).exists()]
 
 
-def test_every_file_is_ingested_or_quarantined_with_a_reason(spark: SparkSession, corpus, ingested) -> None:
-    settings, summaries = ingested
+def test_every_file_is_ingested_or_quarantined_with_a_reason(
+    spark: SparkSession, settings: Settings, corpus, ingested
+) -> None:
+    summaries = ingested
     _, manifest = corpus
     quarantine = read_table(spark, settings.lakehouse.table("quarantine"))
     for name in ("breakhis", "mias", "ddsm", "cbis_ddsm"):
@@ -71,10 +58,11 @@ def test_every_file_is_ingested_or_quarantined_with_a_reason(spark: SparkSession
     assert quarantine.where(F.length("reason") == 0).count() == 0
 
 
-def test_tables_follow_the_contract_and_record_their_config(spark: SparkSession, ingested) -> None:
-    settings, _ = ingested
+def test_tables_follow_the_contract_and_record_their_config(
+    spark: SparkSession, settings: Settings, ingested
+) -> None:
     images = read_table(spark, settings.lakehouse.table("images"))
-    documented = (Path(__file__).resolve().parents[1] / "docs" / "tables.md").read_text()
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "tables.md").read_text()
     for column in images.columns:
         assert re.search(rf"[|,] {column}\b", documented), f"{column} is not in docs/tables.md"
     assert images.where(F.col("split").isNull() | F.col("patient_key").isNull()).count() == 0
@@ -87,9 +75,8 @@ def test_tables_follow_the_contract_and_record_their_config(spark: SparkSession,
 
 
 def test_cbis_re_releases_of_ddsm_films_are_linked_and_share_a_split(
-    spark: SparkSession, corpus, ingested
+    spark: SparkSession, settings: Settings, corpus, ingested
 ) -> None:
-    settings, _ = ingested
     _, manifest = corpus
     rows = read_table(spark, settings.lakehouse.table("images")).collect()
     by_path = {(r["collection"], r["source_path"]): r for r in rows}
@@ -109,8 +96,9 @@ def test_cbis_re_releases_of_ddsm_films_are_linked_and_share_a_split(
         assert cbis["patient_key"] != ddsm["patient_key"]  # two pseudonyms, one group
 
 
-def test_cbis_mask_is_told_from_the_crop_by_its_pixels(spark: SparkSession, corpus, ingested) -> None:
-    settings, _ = ingested
+def test_cbis_mask_is_told_from_the_crop_by_its_pixels(
+    spark: SparkSession, settings: Settings, corpus, ingested
+) -> None:
     _, manifest = corpus
     swapped = [q["path"] for q in manifest["cbis_ddsm"]["quirks"] if q["kind"] == "crop_mask_swapped"]
     assert swapped
@@ -128,10 +116,12 @@ def test_cbis_mask_is_told_from_the_crop_by_its_pixels(spark: SparkSession, corp
         assert 0 < mask.mean() < 0.1, mask.mean()  # a lesion, not the stretched crop
 
 
-def test_rerun_adds_nothing_and_commits_nothing(spark: SparkSession, corpus, ingested) -> None:
-    settings, first = ingested
+def test_rerun_adds_nothing_and_commits_nothing(
+    spark: SparkSession, settings: Settings, corpus_roots, ingested
+) -> None:
+    first = ingested
     versions = {t: current_version(spark, settings.lakehouse.table(t)) for t in TABLES}
-    again = ingest_job.run(spark, settings, _roots(corpus), SECRET)
+    again = ingest_collections(spark, settings, corpus_roots, DEMO_SECRET)
     for name, summary in again.items():
         assert summary.ingested == 0
         assert summary.already_present == first[name].ingested
@@ -140,31 +130,49 @@ def test_rerun_adds_nothing_and_commits_nothing(spark: SparkSession, corpus, ing
 
 
 def test_new_files_alone_are_ingested_and_keep_their_patients_split(
-    spark: SparkSession, corpus, tmp_path
+    spark: SparkSession, corpus_roots, tmp_path
 ) -> None:
-    breakhis = Path(_roots(corpus)["breakhis"])
     partial = tmp_path / "BreaKHis_v1"
-    shutil.copytree(breakhis, partial)
+    shutil.copytree(corpus_roots["breakhis"], partial)
     pngs = sorted(partial.rglob("*.png"))
     held_back = [p for p in pngs if p.stat().st_size > 1000][-3:]
     moved = {p: p.read_bytes() for p in held_back}
     for path in held_back:
         path.unlink()
     settings = _settings(tmp_path / "lake")
-    first = ingest_job.run(spark, settings, {"breakhis": str(partial)}, SECRET)
+    first = ingest_collections(spark, settings, {"breakhis": str(partial)}, SECRET)
     for path, data in moved.items():
         path.write_bytes(data)
-    second = ingest_job.run(spark, settings, {"breakhis": str(partial)}, SECRET)
+    # A second file with the bytes of an image already ingested: the same image, already present.
+    kept = partial / read_table(spark, settings.lakehouse.table("images")).first()["source_path"]
+    shutil.copyfile(kept, kept.with_name(re.sub(r"-\d+\.png$", "-999.png", kept.name)))
+    second = ingest_collections(spark, settings, {"breakhis": str(partial)}, SECRET)
     assert second["breakhis"].ingested == 3
-    assert second["breakhis"].already_present == first["breakhis"].ingested
+    assert second["breakhis"].already_present == first["breakhis"].ingested + 1
+    assert second["breakhis"].balanced()
     images = read_table(spark, settings.lakehouse.table("images"))
+    assert images.count() == first["breakhis"].ingested + 3
     per_patient = images.groupBy("patient_key").agg(F.countDistinct("split").alias("n"))
     assert per_patient.where("n > 1").count() == 0
 
 
-def test_no_original_identifier_or_secret_reaches_a_table(spark: SparkSession, corpus, tmp_path) -> None:
+def test_relative_source_paths_are_made_absolute(settings: Settings, corpus, monkeypatch) -> None:
+    out, manifest = corpus
+    monkeypatch.chdir(out)
+    relative = manifest["mias"]["root"]
+    roots = source_roots(settings, [f"mias={relative}"])
+    assert roots == {"mias": str((out / relative).resolve())}
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        source_roots(settings, ["nosuch=."])
+    with pytest.raises(ConfigError, match="does not exist"):
+        source_roots(settings, ["mias=no/such/folder"])
+
+
+def test_no_original_identifier_or_secret_reaches_a_table(
+    spark: SparkSession, corpus, corpus_roots, tmp_path
+) -> None:
     settings = _settings(tmp_path, "privacy.hash_source_paths=true")
-    ingest_job.run(spark, settings, _roots(corpus), SECRET)
+    ingest_collections(spark, settings, corpus_roots, SECRET)
     out, _ = corpus
     forbidden = {SECRET.decode(), DEMO_SECRET.decode()}
     for csv in (out / "CBIS-DDSM").glob("*.csv"):
@@ -188,30 +196,12 @@ def test_no_original_identifier_or_secret_reaches_a_table(spark: SparkSession, c
         assert not leaked, (table, leaked[:5])
 
 
-def test_tiles_are_labelled_from_findings_and_keep_the_image_split(spark: SparkSession, ingested) -> None:
-    settings, _ = ingested
-    lake = settings.lakehouse
-    images = read_table(spark, lake.table("images"))
-    options = TileOptions(settings.tiles.size, settings.tiles.stride, settings.tiles.min_tissue, 0.5)
-    tiles = cut_tiles(with_findings(images, read_table(spark, lake.table("annotations"))), options)
-    path = lake.table("tiles_test")
-    merge_into(spark, tiles, path, ["tile_id"])
-    merge_into(spark, tiles, path, ["tile_id"])
-    table = read_table(spark, path)
-    assert table.count() == table.select("tile_id").distinct().count() > 0
-    sources = {r["label_source"] for r in table.select("label_source").distinct().collect()}
-    assert {"finding", "normal_tissue", "normal_image", "whole_image"} <= sources
-    joined = table.join(images.select("image_id", F.col("split").alias("image_split")), "image_id")
-    assert joined.where("split != image_split").count() == 0
-    # Every abnormal mammogram with geometry has at least one tile labelled from its finding.
-    labelled = table.where("label_source = 'finding'").select("image_id").distinct().count()
-    assert labelled >= 0.5 * images.where("label != 'normal' AND modality = 'mammography'").count()
-
-
-def test_a_killed_ingest_leaves_tables_unchanged_and_a_rerun_completes(oncolake, corpus, tmp_path) -> None:
+def test_a_killed_ingest_leaves_tables_unchanged_and_a_rerun_completes(
+    oncolake, corpus, corpus_roots, tmp_path
+) -> None:
     lake = tmp_path / "lake"
     args = ["ingest", "--config", "tiny", "--set", f"lakehouse.root={lake}"]
-    args += [f"--source={name}={root}" for name, root in _roots(corpus).items()]
+    args += [f"--source={name}={root}" for name, root in corpus_roots.items()]
     process = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", *args],
         stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines.ingest import lesion_mask
+from pipelines.decode import lesion_mask
 from pipelines.normalise import Transform, normalise, transform_geometry, transform_mask
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Decoded, DecodeError, Geometry
