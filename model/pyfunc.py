@@ -15,15 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 # When set, every model load appends its process id to this file: how an operator (or
 # benchmarks/score.py) checks that Spark's Python workers load the model once each, not once per batch.
 LOAD_LOG_ENV = "ONCOLAKE_MODEL_LOAD_LOG"
 
 
-class TileClassifier(mlflow.pyfunc.PythonModel):
+class TileClassifier(PythonModel):
     """Calibrated tile probabilities: ``softmax(logits / temperature)``, one ``p_<class>`` column each."""
 
     def load_context(self, context: Any) -> None:

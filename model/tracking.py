@@ -60,7 +60,7 @@ def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def _imported(path: Path) -> set[str]:
     """The modules of :data:`SHIPPED_PACKAGES` a source file imports, at any depth (function-level too)."""
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
