@@ -13,52 +13,53 @@ challenger, gated against the champion), and scoring scores only what the champi
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import json
 import time
 from pathlib import Path
 
 from conf import Settings
 from jobs.options import job_parser, settings_from
+from synth.corpus import collection_roots
 
 STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile", "jobs.train", "jobs.evaluate", "jobs.score"]
 
 
-def _stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
-    """Arguments a stage gets beyond the shared ones: the corpus to ingest, where summaries go."""
+def stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
+    """Arguments a stage gets beyond the shared ones: the corpus to ingest, where summaries go.
+
+    Asked just before the stage runs: ingest's ``--source`` options come from the manifest synth wrote.
+    """
     summaries = f"{settings.lakehouse.root}/_summaries"
-    if stage == "jobs.synth":
-        return ["--full"] if full else []
     if stage == "jobs.ingest":
-        out = Path(settings.synth.out)
-        manifest = json.loads((out / "manifest.json").read_text())
-        sources = [
-            f"--source={name}={out / entry['root']}" for name, entry in manifest.items() if "root" in entry
-        ]
+        roots = collection_roots(Path(settings.synth.out))
+        sources = [f"--source={name}={root}" for name, root in roots.items()]
         return [*sources, "--summary-json", f"{summaries}/ingest.json"]
-    if stage == "jobs.tile":
-        return ["--summary-json", f"{summaries}/tile.json"]
-    if stage == "jobs.score":
-        landing = ["--landing", f"{settings.synth.out}/landing"] if settings.synth.landing_images else []
-        return ["--split", "test", *landing, "--summary-json", f"{summaries}/score.json"]
-    return []
+    landing = ["--landing", f"{settings.synth.out}/landing"] if settings.synth.landing_images else []
+    return {
+        "jobs.synth": ["--full"] if full else [],
+        "jobs.tile": ["--summary-json", f"{summaries}/tile.json"],
+        "jobs.score": ["--split", "test", *landing, "--summary-json", f"{summaries}/score.json"],
+    }.get(stage, [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = job_parser("oncolake demo", __doc__)
+    parser.add_argument("--full", action="store_true", help="use the full 12,000-image synthetic corpus")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = job_parser("oncolake demo", __doc__)
-    parser.add_argument("--full", action="store_true", help="use the full 12,000-image synthetic corpus")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     overrides = [*args.overrides, *(["synth.out=./data/synthetic-full"] if args.full else [])]
     settings = settings_from(args, overrides[len(args.overrides) :])  # fails early on a bad configuration
     shared = [*(["--config", args.config] if args.config else []), *[f"--set={o}" for o in overrides]]
     started = time.monotonic()
-    for module_name in STAGES:
-        module = importlib.import_module(module_name)
-        stage_args = [*shared, *_stage_args(module_name, settings, args.full)]
-        print(f"demo: == {module_name.removeprefix('jobs.')} ==", flush=True)
-        status = module.main(stage_args)
+    for stage in STAGES:
+        print(f"demo: == {stage.removeprefix('jobs.')} ==", flush=True)
+        status = importlib.import_module(stage).main([*shared, *stage_args(stage, settings, args.full)])
         if status:
-            print(f"demo: {module_name} failed with status {status}")
+            print(f"demo: {stage} failed with status {status}")
             return int(status)
     print(f"demo: done in {time.monotonic() - started:.0f} s")
     return 0

@@ -3,14 +3,17 @@
 One demo run (its own process and JVMs: synth -> ingest -> tile -> train with 2 Horovod workers ->
 evaluate -> score) in a temporary folder, then checks of what a user is promised at its end: a
 registered model per task with its report, champions, predictions for the test split and the landing
-folder. The three notebooks under ``notebooks/`` are then executed top to bottom with nbclient against
-that lakehouse, so they cannot rot; the executed copies are kept in tests/artifacts/notebooks/.
+folder, and that what it printed is readable: no Python warning from a third-party package and under
+300 lines in all (the log is kept beside the lakehouse as ``demo.log``). The notebooks under
+``notebooks/`` are then executed top to bottom with nbclient against that lakehouse, so they cannot rot;
+the executed copies are kept in tests/artifacts/notebooks/.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,9 +23,12 @@ from nbclient import NotebookClient
 
 from conf import load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts" / "notebooks"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+# Python's warning lines (``file:line: FutureWarning: message``); the JVM launcher's ``WARNING:`` may stay.
+PYTHON_WARNING = re.compile(r"Warning:|FutureWarning|UserWarning|DeprecationWarning")
+MAX_LINES = 300
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +45,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory, oncolake) -> Path:
     assert result.returncode == 0, f"demo failed; see {log}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert "demo: done" in result.stdout
     return config
+
+
+def test_demo_prints_no_python_warning_and_under_300_lines(demo: Path) -> None:
+    log = (demo.parent / "demo.log").read_text()
+    warnings = [line for line in log.split("\n") if PYTHON_WARNING.search(line)]
+    assert not warnings, f"{len(warnings)} warning lines, the first ones:\n" + "\n".join(warnings[:20])
+    # Lines as a terminal shows them: a progress bar redrawn with carriage returns stays one line.
+    lines = log.count("\n")
+    assert lines < MAX_LINES, f"the demo printed {lines} lines (see {demo.parent / 'demo.log'})"
 
 
 def test_demo_ends_with_champions_reports_and_predictions(demo: Path, spark) -> None:

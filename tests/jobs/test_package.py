@@ -18,7 +18,7 @@ def test_code_zip_holds_only_the_listed_packages_and_loads_config_from_inside(
     assert {"conf/base.yaml", "conf/tiny.yaml", "conf/schema.py", "jobs/cli.py", "pipelines/io.py"} <= set(
         names
     )
-    assert {name.split("/")[0] for name in names} == {"conf", "jobs", "model", "pipelines", "synth"}
+    assert {name.split("/")[0] for name in names} == {"conf", "core", "jobs", "model", "pipelines", "synth"}
 
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"

@@ -1,4 +1,8 @@
-"""Smoke tests of the real components the product stands on: Delta, Horovod on Spark, Petastorm, MLflow."""
+"""pipelines.io's Delta tables: idempotent MERGE, time travel, a pinned snapshot that Petastorm reads.
+
+``snapshot_files`` is what training reads from: the files of one table version, so a later write cannot
+leak into a running (or resumed) training's data.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from model.distributed import allreduce_probe, run_workers
 from pipelines.io import current_version, merge_into, read_table, snapshot_files
 
 
@@ -39,16 +41,6 @@ def test_delta_merge_twice_adds_nothing_and_time_travel_reads_old_versions(
     assert {r["key"]: r["value"] for r in props}["delta.enableDeletionVectors"] == "false"
 
 
-def test_horovod_runs_two_workers_on_spark_executors(spark: SparkSession) -> None:
-    results = run_workers(spark, allreduce_probe, num_proc=2, args=(7,), gloo_timeout_s=60)
-    assert [r["rank"] for r in results] == [0, 1]
-    assert all(r["size"] == 2 for r in results)
-    assert all(r["average_rank"] == pytest.approx(0.5) for r in results)
-    # Different data on each rank, one synchronised step: the weights must still agree exactly.
-    assert results[0]["weights"] == results[1]["weights"]
-    assert results[0]["pid"] != results[1]["pid"]
-
-
 def _decode_pixels(frame: pd.DataFrame) -> pd.DataFrame:
     frame["pixels"] = frame["pixels"].map(lambda b: np.frombuffer(b, dtype=np.uint8).astype(np.float32) / 255)
     return frame
@@ -71,33 +63,19 @@ def test_petastorm_reads_a_pinned_delta_snapshot_into_a_torch_loader(
     files = snapshot_files(spark, path, version=0)  # the second write must not leak into version 0
     assert len(files) >= 2
 
-    # Binary pixels are decoded in the reader's transform: torch tensors cannot hold bytes.
+    # Binary pixels are decoded in the reader's transform: torch tensors cannot hold bytes. The reader
+    # cycles endlessly, as training's does (petastorm 0.13.1's thread pool can end a finite read early,
+    # with no error, when its consumer checks for the end before the ventilator has started): two
+    # epochs' worth of rows hold at least one whole epoch.
     spec = TransformSpec(_decode_pixels, edit_fields=[("pixels", np.float32, (16,), False)])
     ids, labels = [], []
-    with make_batch_reader(files, num_epochs=1, workers_count=1, transform_spec=spec) as reader:
+    with make_batch_reader(files, num_epochs=None, workers_count=1, transform_spec=spec) as reader:
         for batch in BatchedDataLoader(reader, batch_size=16):
             assert tuple(batch["pixels"].shape[1:]) == (16,)
             assert float(batch["pixels"].min()) == 1.0
             ids.extend(batch["id"].tolist())
             labels.extend(batch["label"].tolist())
-    assert sorted(ids) == list(range(64))
-    assert sorted(labels) == [0] * 32 + [1] * 32
-
-
-def test_mlflow_run_logs_a_metric_and_a_model_that_loads_back(mlflow_uri: str, tmp_path: Path) -> None:
-    import mlflow
-    import torch
-
-    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Softmax(dim=1))
-    example = np.ones((2, 3), dtype=np.float32)
-    # An explicit artifact location: the SQLite store would otherwise default to ./mlruns in the cwd.
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("smoke", str(tmp_path / "artifacts")))
-    with mlflow.start_run() as run:
-        mlflow.log_metric("val_auc", 0.75, step=1)
-        info = mlflow.pytorch.log_model(net, name="model", input_example=example)
-    client = mlflow.MlflowClient()
-    assert client.get_run(run.info.run_id).data.metrics["val_auc"] == 0.75
-    loaded = mlflow.pyfunc.load_model(info.model_uri)
-    expected = net(torch.from_numpy(example)).detach().numpy()
-    np.testing.assert_allclose(np.asarray(loaded.predict(example)), expected, rtol=1e-6)
-    assert mlflow_uri.startswith("sqlite:///")
+            if len(ids) >= 128:
+                break
+    assert set(ids) == set(range(64))
+    assert labels == [i % 2 for i in ids]
