@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -211,7 +211,7 @@ def decode_images(records: DataFrame, roots: Mapping[str, str], options: Normali
     roots = dict(roots)
     columns = DECODED_SCHEMA.fieldNames()
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def run(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             records = batch.to_dict("records")
             for start in range(0, len(records), DECODE_BATCH):

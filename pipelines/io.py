@@ -42,7 +42,7 @@ def read_table(spark: SparkSession, path: str, version: int | None = None) -> Da
 
 def current_version(spark: SparkSession, path: str) -> int:
     """The table's latest committed version."""
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").collect()[0][0])
 
 
 def snapshot_files(spark: SparkSession, path: str, version: int) -> list[str]:

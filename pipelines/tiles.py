@@ -10,7 +10,7 @@ so training and evaluation never need a join and a leak shows up in the tiles ta
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,7 +170,7 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
         "image_id", "collection", "modality", "patient_key", "split", "label", "pixels", "findings"
     )
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def run(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             records = batch.to_dict("records")
             for start in range(0, len(records), TILE_BATCH):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipelines.sources.base import Decoded, DecodeError, Finding, ImageRecord, Rejection, Scan
+from pipelines.sources.base import Decoded, DecodeError, Finding, ImageRecord, Label, Rejection, Scan
 from pipelines.sources.files import decode_raster, walk
 
 NAME = "breakhis"
 MODALITY = "histology"
-SUBTYPES = {
+SUBTYPES: dict[str, tuple[Label, str]] = {
     "A": ("benign", "adenosis"),
     "F": ("benign", "fibroadenoma"),
     "PT": ("benign", "phyllodes_tumor"),

@@ -19,12 +19,16 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from pipelines.sources.base import Decoded, Finding, Geometry, ImageRecord, Rejection, Scan
+from pipelines.sources.base import Decoded, Finding, Geometry, ImageRecord, Label, Rejection, Scan
 from pipelines.sources.files import decode_dicom, walk
 
 NAME = "cbis_ddsm"
 MODALITY = "mammography"
-PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
+PATHOLOGY: dict[str, Label] = {
+    "MALIGNANT": "malignant",
+    "BENIGN": "benign",
+    "BENIGN_WITHOUT_CALLBACK": "benign",
+}
 _FOLDER = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$", re.I)
 _DESCRIPTORS = (
     "abnormality type",
@@ -44,6 +48,14 @@ def _clean(value: str | None) -> str:
 def _case_folder(path: str) -> str | None:
     """``Mass-Training_P_00001_LEFT_CC[_1]``: the part of a path that says which image or abnormality."""
     return next((part for part in path.split("/") if _FOLDER.match(part)), None)
+
+
+def _folder_parts(folder: str) -> re.Match[str]:
+    """The parts of a case folder's name (every folder the tree indexes has them)."""
+    match = _FOLDER.match(folder)
+    if match is None:
+        raise ValueError(f"not a case folder: {folder!r}")
+    return match
 
 
 def _top_folder(csv_path: str) -> str:
@@ -122,7 +134,7 @@ def scan(root: Path) -> Scan:
         per_image[image].append(_finding(row, tree))
         context.setdefault(image, row)
     full_images = {
-        p for folder, paths in tree.by_folder.items() if not _FOLDER.match(folder)[6] for p in paths
+        p for folder, paths in tree.by_folder.items() if not _folder_parts(folder)[6] for p in paths
     }
     result.auxiliary = len(files) - len(full_images)
     for path in sorted(full_images):
@@ -134,7 +146,7 @@ def scan(root: Path) -> Scan:
         for problem in problems.get(path, []):
             result.rejections.append(Rejection(path.rsplit("/", 1)[0], "scan", problem, is_image=False))
         row = context[path]
-        folder = _FOLDER.match(next(p for p in path.split("/") if _FOLDER.match(p)))
+        folder = _folder_parts(next(p for p in path.split("/") if _FOLDER.match(p)))
         density = row.get("breast_density") or row.get("breast density") or ""
         result.records.append(
             ImageRecord(

@@ -17,13 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.sources.base import Decoded, DecodeError, Finding, Geometry, ImageRecord, Rejection, Scan
+from pipelines.sources.base import (
+    Decoded,
+    DecodeError,
+    Finding,
+    Geometry,
+    ImageRecord,
+    Label,
+    Rejection,
+    Scan,
+)
 from pipelines.sources.files import decode_raster, read_bytes, walk
 
 NAME = "ddsm"
 MODALITY = "mammography"
 VIEWS = ("LEFT_CC", "LEFT_MLO", "RIGHT_CC", "RIGHT_MLO")
-PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
+PATHOLOGY: dict[str, Label] = {
+    "MALIGNANT": "malignant",
+    "BENIGN": "benign",
+    "BENIGN_WITHOUT_CALLBACK": "benign",
+}
 # Freeman chain code: 0 is up (north), then clockwise.
 CHAIN_STEPS = {0: (0, -1), 1: (1, -1), 2: (1, 0), 3: (1, 1), 4: (0, 1), 5: (-1, 1), 6: (-1, 0), 7: (-1, -1)}
 MAX_OUTLINE_POINTS = 256
@@ -170,25 +183,22 @@ def decode(root: Path, record: ImageRecord) -> Decoded:
     declared = (record.declared_height, record.declared_width)
     bits = record.declared_bit_depth or 12
     notes: tuple[str, ...] = ()
-    if path.suffix.lower() == ".png":
-        pixels, bits = decode_raster(path)
-        raw = None
+    png = path.suffix.lower() == ".png"
+    if png:
+        data, bits = decode_raster(path)  # already scaled to [0, 1]
     else:
-        data = read_bytes(path)
+        stream = read_bytes(path)
         try:
-            raw = imagecodecs.ljpeg_decode(data)
+            data = imagecodecs.ljpeg_decode(stream)
         except Exception as exc:  # noqa: BLE001 - any codec failure is a property of this file
             raise DecodeError(f"lossless JPEG does not decode: {exc}") from None
-        pixels = None
-    data = raw if raw is not None else pixels
     if data.shape[:2] != declared:
         if data.shape[:2] == declared[::-1]:
             # The stream's header has width and height swapped but the raster is in .ics order.
-            data = np.ascontiguousarray(data).reshape(declared)
+            data = np.ascontiguousarray(data).reshape(data.shape[1], data.shape[0])
             notes = (f"decoded {declared[::-1]} but the .ics says {declared}: fixed as a swapped header",)
         else:
             raise DecodeError(f"decoded size {data.shape[:2]} contradicts the .ics header {declared}")
-    scaled = data.astype(np.float32) if raw is None else data.astype(np.float32) / float(2**bits - 1)
-    return Decoded(
-        pixels=np.clip(scaled, 0, 1), bit_depth=bits, height=declared[0], width=declared[1], notes=notes
-    )
+    scaled = data.astype(np.float32) if png else data.astype(np.float32) / float(2**bits - 1)
+    height, width = data.shape[:2]  # the declared size
+    return Decoded(pixels=np.clip(scaled, 0, 1), bit_depth=bits, height=height, width=width, notes=notes)

@@ -14,7 +14,7 @@ from pipelines.sources.base import Decoded, DecodeError
 
 def walk(root: Path) -> list[str]:
     """Every file below ``root``, as sorted POSIX paths relative to it (hidden files included: they count)."""
-    found = []
+    found: list[str] = []
     for folder, _, names in os.walk(root):
         base = Path(folder)
         found.extend((base / name).relative_to(root).as_posix() for name in names)

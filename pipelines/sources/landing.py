@@ -18,6 +18,7 @@ label is null and they belong to no split.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pipelines.sources.base import Decoded, DecodeError, ImageRecord, Rejection, Scan
 from pipelines.sources.files import decode_dicom, decode_raster, walk
@@ -26,6 +27,7 @@ NAME = "landing"
 MODALITY = None  # per image: see ImageRecord.modality
 MODALITIES = ("mammography", "histology")
 DICOM_MODALITIES = {"MG": "mammography", "SM": "histology"}
+_SIDES: dict[str, Literal["L", "R"]] = {"L": "L", "R": "R"}  # a laterality tag's first letter
 RASTER_SUFFIXES = {".png", ".pgm"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
@@ -101,7 +103,7 @@ def scan(root: Path, modality: str | None = None) -> Scan:
                 patient_ref=header.get("PatientID") or f"file:{relative}",
                 findings=(),
                 view=header.get("ViewPosition") or None,
-                laterality=laterality if laterality in {"L", "R"} else None,
+                laterality=_SIDES.get(laterality),
                 modality=chosen,
                 attributes=(("format", "dicom" if dicom else path.suffix.lower().lstrip(".")),),
             )

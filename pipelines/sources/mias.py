@@ -15,7 +15,16 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from pipelines.sources.base import Decoded, DecodeError, Finding, Geometry, ImageRecord, Rejection, Scan
+from pipelines.sources.base import (
+    Decoded,
+    DecodeError,
+    Finding,
+    Geometry,
+    ImageRecord,
+    Label,
+    Rejection,
+    Scan,
+)
 from pipelines.sources.files import decode_raster, pgm_size, walk
 
 NAME = "mias"
@@ -29,7 +38,7 @@ CLASSES = {
     "ASYM": "asymmetry",
     "NORM": "normal",
 }
-SEVERITY = {"B": "benign", "M": "malignant"}
+SEVERITY: dict[str, Label] = {"B": "benign", "M": "malignant"}
 BACKGROUND = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
 PIXEL_SPACING_MM = 0.2  # mini-MIAS: 200 micron pixels at 1024x1024
 _ROW = re.compile(r"^(mdb\d+)\s+(\S+)\s+(\S+)(?:\s+(.*))?$", re.IGNORECASE)
@@ -99,10 +108,14 @@ def scan(root: Path) -> Scan:
             size = pgm_size(root / path)
         except OSError:
             size = None
-        findings, problems = [], list(bad.get(ref, []))
+        findings: list[Finding] = []
+        problems = list(bad.get(ref, []))
         for _, cls, fields in rows.get(ref, []):
             item = _finding(cls, fields, size[0] if size else None)
-            (problems if isinstance(item, str) else findings).append(item)
+            if isinstance(item, str):
+                problems.append(item)
+            else:
+                findings.append(item)
         if not findings:
             reason = "; ".join(problems) or (
                 "no Info.txt row for this image" if info else "no Info.txt found"
