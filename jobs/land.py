@@ -21,8 +21,6 @@ from pipelines.pseudonym import SecretMissing, resolve_secret
 from pipelines.sources import landing
 from pipelines.summary import render_table, write_json
 
-run = land_folder  # the name jobs/score.py imports until it calls pipelines.land.land_folder itself
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("oncolake land", __doc__)
