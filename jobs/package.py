@@ -7,7 +7,7 @@ Writes ``dist/oncolake-<version>.zip`` (the project's packages with the packaged
 the pinned stack and the Horovod build, for ``spark-submit --archives dist/oncolake-env.tar.gz#env``).
 The environment is packed from a fresh, non-editable install next to the zip (venv-pack refuses
 editable installs), using pip's cache and the cached Horovod wheel, so nothing is downloaded twice.
-docs/cluster.md shows the spark-submit lines that use them. The builders are :mod:`jobs.packaging`'s.
+docs/cluster.md shows the spark-submit lines that use them. The builders are :mod:`jobs.archives`'s.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import argparse
 import importlib.metadata
 from pathlib import Path
 
+from jobs.archives import build_code_zip, build_env_archive
 from jobs.options import job_parser
-from jobs.packaging import build_code_zip, build_env_archive
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,9 @@ cached Horovod build and oncolake (venv-pack refuses editable installs). ``oncol
 
 They live beside :mod:`jobs.session` and :mod:`jobs.options`, the other pieces of how jobs are launched
 with spark-submit: no library layer below ``jobs`` needs them, and ``model``/``core`` code is shipped
-inside logged models, where build tooling has no place.
+inside logged models, where build tooling has no place. (Not ``jobs/packaging.py``: ``spark-submit
+jobs/<job>.py`` puts ``jobs/`` first on ``sys.path``, where that name would shadow the ``packaging``
+distribution that Horovod and MLflow import.)
 """
 
 from __future__ import annotations
