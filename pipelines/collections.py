@@ -19,7 +19,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from conf import ConfigError, Settings
+from conf import ConfigError, Settings, absolute_path
 from pipelines import ingest
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.links import HashedImage, find_links
@@ -35,7 +35,7 @@ def absolute(roots: Mapping[str, str]) -> dict[str, str]:
     The executors open the files from these roots: a relative one would resolve against each executor's
     own working directory (on ``local-cluster`` or a real cluster), where the files are not.
     """
-    return {name: str(Path(path).resolve()) for name, path in roots.items()}
+    return {name: absolute_path(path) for name, path in roots.items()}
 
 
 def source_roots(settings: Settings, overrides: Iterable[str]) -> dict[str, str]:

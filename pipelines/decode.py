@@ -25,6 +25,7 @@ from pyspark.sql import types as T
 from conf.schema import NormaliseSettings
 from core.codec import encode_png
 from core.phash import perceptual_hash
+from core.quiet import quiet
 from pipelines.normalise import normalise, transform_geometry, transform_mask
 from pipelines.sources import READERS
 from pipelines.sources.base import DecodeError, Geometry, ImageRecord
@@ -212,6 +213,7 @@ def decode_images(records: DataFrame, roots: Mapping[str, str], options: Normali
     columns = DECODED_SCHEMA.fieldNames()
 
     def run(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        quiet()
         for batch in batches:
             records = batch.to_dict("records")
             for start in range(0, len(records), DECODE_BATCH):

@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 from conf import Settings
 from conf.schema import TileSettings
 from core.codec import decode_png, encode_png
+from core.quiet import quiet
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.sources.base import Geometry
 from pipelines.split import SplitLeak
@@ -171,6 +172,7 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
     )
 
     def run(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        quiet()
         for batch in batches:
             records = batch.to_dict("records")
             for start in range(0, len(records), TILE_BATCH):
