@@ -27,18 +27,14 @@ def test_misspelled_key_fails_at_start_naming_key_and_source(oncolake) -> None:
     assert "Spark" not in result.stdout  # it failed before starting anything
 
 
+def _doctor_horovod(oncolake, master: str, lakehouse: Path) -> subprocess.CompletedProcess[str]:
+    """``oncolake doctor --horovod 2`` on the tiny profile with this master."""
+    settings = ["--set", f"spark.master={master}", "--set", f"lakehouse.root={lakehouse}"]
+    return oncolake("doctor", "--horovod", "2", "--config", "tiny", *settings)
+
+
 def test_horovod_over_two_executor_jvms_in_local_cluster(oncolake, tmp_path: Path) -> None:
-    result = oncolake(
-        "doctor",
-        "--horovod",
-        "2",
-        "--config",
-        "tiny",
-        "--set",
-        "spark.master=local-cluster[2,1,1024]",
-        "--set",
-        f"lakehouse.root={tmp_path}",
-    )
+    result = _doctor_horovod(oncolake, "local-cluster[2,1,1024]", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "ok    horovod-spark 2 workers" in result.stdout
     assert "master local-cluster[2,1,1024]" in result.stdout
@@ -130,17 +126,7 @@ def test_horovod_on_a_standalone_master_on_loopback(oncolake, tmp_path: Path) ->
                 stderr=subprocess.DEVNULL,
             )
         )
-        result = oncolake(
-            "doctor",
-            "--horovod",
-            "2",
-            "--config",
-            "tiny",
-            "--set",
-            f"spark.master={master_url}",
-            "--set",
-            f"lakehouse.root={tmp_path / 'lake'}",
-        )
+        result = _doctor_horovod(oncolake, master_url, tmp_path / "lake")
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
         assert f"master {master_url}" in result.stdout
         assert "ok    horovod-spark 2 workers" in result.stdout
