@@ -9,6 +9,7 @@ are owned by the admin (:func:`reserve_models`), so that no other user can claim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
@@ -30,7 +31,7 @@ class Credentials:
     expert_password: str = field(repr=False)
 
 
-def _api(url: str, creds: Credentials, method: str, path: str, **kwargs: object) -> requests.Response:
+def _api(url: str, creds: Credentials, method: str, path: str, **kwargs: Any) -> requests.Response:
     return requests.request(
         method,
         f"{url}/api/2.0/mlflow/{path}",
@@ -70,8 +71,8 @@ def provision_expert(url: str, creds: Credentials) -> str:
     body = {"username": creds.expert_user, "password": creds.expert_password}
     _checked(_api(url, creds, "PATCH", "users/update-password", json=body), "set the expert's password")
     if user.json()["user"]["is_admin"]:
-        body = {"username": creds.expert_user, "is_admin": False}
-        _checked(_api(url, creds, "PATCH", "users/update-admin", json=body), "demote the expert")
+        demote = {"username": creds.expert_user, "is_admin": False}
+        _checked(_api(url, creds, "PATCH", "users/update-admin", json=demote), "demote the expert")
         return f"expert {creds.expert_user!r} exists; password reset, admin rights removed"
     return f"expert {creds.expert_user!r} exists; password reset"
 
