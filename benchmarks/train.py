@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/train.py [--images 300] [--downscale 16] [--task mammo_normal_vs_abnormal]
         [--network compact] [--batch-size 32] [--epochs 5] [--cores 2] [--val-tiles 32] [--lake DIR]
 
-It builds its own data: a synthetic corpus of ``--images`` images, the ingest job's logic
-(``jobs.ingest.run``) and the tile job's logic (``cut_tiles`` MERGEd into the tiles table, as
-``benchmarks/ingest.py`` does) into a temporary lakehouse, keeping only the collections of ``--task``.
+It builds its own data: a synthetic corpus of ``--images`` images, ingested and tiled by the jobs'
+library functions (``benchmarks/common.py``'s ``build_tiles``) into a temporary lakehouse, keeping only
+the collections of ``--task``.
 Then, on the same training tiles, in the same run, it measures:
 
 ``horovod_1``, ``horovod_2``

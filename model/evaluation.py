@@ -22,7 +22,7 @@ from core.tasks import BY_PATIENT, SplitRule, Task
 from model.metrics import auc_with_interval, confusion
 
 LEVELS = ("tile", "image", "patient")
-ID_COLUMNS = ["tile_id", "image_id", "patient_key", "collection", "split", "label", "image_label"]
+ID_COLUMNS = ["tile_id", "image_id", "patient_key", "modality", "collection", "split", "label", "image_label"]
 Predict = Callable[[list[bytes]], np.ndarray]
 
 
@@ -76,12 +76,13 @@ def _positive_target(labels: pd.Series, task: Task) -> pd.Series:
 def level_frames(tiles: pd.DataFrame, task: Task, rule: AggregationRule) -> dict[str, pd.DataFrame]:
     """Per level, rows with ``collection``, ``patient_key``, ``target`` (1 = positive class) and ``score``.
 
-    Tiles: the labelled tiles the task knows. Images: all tiles aggregated by ``rule``; the image label
-    decides the target (images whose label the task does not know are left out). Patients: images
-    aggregated by ``rule`` within a collection (patients are keyed per collection).
+    Tiles: the task's rows (:meth:`core.tasks.Task.rows_of`: labelled with a label it knows). Images:
+    all tiles aggregated by ``rule``; the image label decides the target (images whose label the task
+    does not know are left out). Patients: images aggregated by ``rule`` within a collection (patients
+    are keyed per collection).
     """
     score = f"p_{task.positive}"
-    labelled = tiles[tiles["label"].isin(list(task.label_map))]
+    labelled = tiles[task.rows_of(tiles)]
     tile_rows = labelled.assign(target=_positive_target(labelled["label"], task), score=labelled[score])
     images = rule.images(tiles, task.classes, task.positive)
     meta = tiles.drop_duplicates("image_id").set_index("image_id")

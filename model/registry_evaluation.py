@@ -64,7 +64,7 @@ def _grid(files: tuple[str, ...], tiles: pd.DataFrame, task: Task, threshold: fl
     """The most confident correct and wrong labelled test tiles, with their pixels read back."""
     import pyarrow.dataset as ds
 
-    labelled = tiles[tiles["label"].isin(list(task.label_map))].copy()
+    labelled = tiles[task.rows_of(tiles)].copy()
     if labelled.empty:
         return labelled
     positive = labelled["label"].map(task.label_map) == task.classes.index(task.positive)
