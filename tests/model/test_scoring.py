@@ -75,7 +75,9 @@ def lake(spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPath
     root = tmp_path_factory.mktemp("score")
     settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
     for table, key in (("images", "image_id"), ("tiles", "tile_id")):
-        rows = read_table(spark, tiles.lakehouse.table(table)).where(F.col("collection").isin(COLLECTIONS))
+        rows = read_table(spark, tiles.lakehouse.table(table)).where(
+            F.col("collection").isin(list(COLLECTIONS))
+        )
         merge_into(spark, rows, settings.lakehouse.table(table), [key])
     use_tracking(settings)
     example = _example(spark, settings)
