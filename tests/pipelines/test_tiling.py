@@ -1,4 +1,4 @@
-"""Tiling: the grid, background tiles, the labelling rules, PNG round trips and perceptual hashes."""
+"""Tiling: the grid, background tiles and the labelling rules."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy import ndimage
 
-from core.codec import decode_png, encode_png
-from core.phash import hamming, perceptual_hash
 from pipelines.sources.base import Geometry
 from pipelines.tiling import (
     TileLabel,
@@ -202,47 +198,3 @@ def test_rasterise_shapes() -> None:
     assert np.array_equal(rasterise(Geometry("mask", mask_path="m.png"), 50, 60, mask), mask > 0)
     with pytest.raises(ValueError, match="mask"):
         rasterise(Geometry("mask", mask_path="m.png"), 50, 61, mask)
-
-
-# --- PNG and hashes -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", [(67, 45), (67, 45, 3)])
-def test_png_round_trip_is_exact(shape: tuple[int, ...]) -> None:
-    array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    data = encode_png(array)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    decoded = decode_png(data)
-    assert decoded.dtype == np.uint8 and np.array_equal(decoded, array)
-    decoded[0, 0] = 0  # writable
-
-
-def test_png_refuses_what_it_cannot_store_exactly() -> None:
-    with pytest.raises(ValueError, match="uint8"):
-        encode_png(np.zeros((4, 4), np.float32))
-    with pytest.raises(ValueError, match="uint8"):
-        encode_png(np.zeros((4, 4, 4), np.uint8))
-
-
-def _picture(seed: int, shape: tuple[int, int] = (400, 260)) -> np.ndarray:
-    field = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 12)
-    return ((field - field.min()) / np.ptp(field) * 255).astype(np.uint8)
-
-
-def test_perceptual_hash_survives_resizing_and_small_intensity_changes() -> None:
-    picture = _picture(0)
-    reference = perceptual_hash(picture)
-    assert -(1 << 63) <= reference < 1 << 63
-    smaller = np.asarray(Image.fromarray(picture).resize((130, 200), Image.Resampling.LANCZOS))
-    brighter = np.clip(picture.astype(int) + 6, 0, 255).astype(np.uint8)
-    assert hamming(reference, perceptual_hash(smaller)) <= 6
-    assert hamming(reference, perceptual_hash(brighter)) <= 6
-    assert hamming(reference, perceptual_hash(np.repeat(picture[:, :, None], 3, axis=2))) == 0
-    for seed in (1, 2, 3):
-        assert hamming(reference, perceptual_hash(_picture(seed))) > 10
-
-
-def test_hamming() -> None:
-    assert hamming(0, 0) == 0
-    assert hamming(-1, 0) == 64  # signed int64 hashes: all 64 bits set
-    assert hamming(0b1011, 0b0001) == 2
