@@ -75,5 +75,7 @@ def quiet() -> None:
     # MLflow sets its logger's level from this variable when it is imported (later, or in a child
     # process); the level set below covers an MLflow that is already imported.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow draws a progress bar for every artifact download (one per model load: scoring, evaluation).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -137,7 +137,7 @@ def training_batches(
         seed=plan.seed * 1000 + rank,
         rule=plan.rule,
     )
-    with make_batch_reader(
+    reader = make_batch_reader(
         list(plan.train_files),
         num_epochs=None,
         cur_shard=rank,
@@ -146,11 +146,17 @@ def training_batches(
         seed=plan.seed + rank,
         workers_count=plan.reader_workers,
         transform_spec=make_transform(spec),
-    ) as reader:
+    )
+    try:
         loader = BatchedDataLoader(
             reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
         )
         yield task_batches(iter(loader), plan.batch_size)
+    finally:
+        # stop + join is what the reader's context manager does, less its cache clean-up: there is no
+        # cache, and the clean-up prints "Cache cleanup complete." on every worker.
+        reader.stop()
+        reader.join()
 
 
 def validate(net: Any, plan: TrainPlan, loss_fn: Any) -> tuple[float, float]:
