@@ -15,6 +15,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -32,28 +34,42 @@ MAX_LINES = 300
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, oncolake) -> Path:
-    """A finished tiny demo; returns its configuration file (what ``ONCOLAKE_CONFIG`` names)."""
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny demo; returns its configuration file (what ``ONCOLAKE_CONFIG`` names).
+
+    Run as ``oncolake demo > demo.log 2>&1`` would: both streams into one file, as bytes, so that the
+    log holds what a user sees, in order, with progress bars' carriage returns kept.
+    """
     root = tmp_path_factory.mktemp("demo")
     config = root / "demo.yaml"
     config.write_text(
         f"extends: tiny\nlakehouse:\n  root: {root / 'lakehouse'}\nsynth:\n  out: {root / 'synthetic'}\n"
     )
-    result = oncolake("demo", "--config", str(config), timeout=1800)
     log = root / "demo.log"
-    log.write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"demo failed; see {log}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    assert "demo: done" in result.stdout
+    with log.open("wb") as out:
+        result = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "demo", "--config", str(config)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1800,
+        )
+    printed = log.read_bytes().decode(errors="replace")  # read_text would turn "\r" into "\n"
+    assert result.returncode == 0, f"demo failed; see {log}\n{printed[-6000:]}"
+    assert "demo: done" in printed
     return config
 
 
 def test_demo_prints_no_python_warning_and_under_300_lines(demo: Path) -> None:
-    log = (demo.parent / "demo.log").read_text()
-    warnings = [line for line in log.split("\n") if PYTHON_WARNING.search(line)]
+    log = demo.parent / "demo.log"
+    printed = log.read_bytes().decode(errors="replace")
+    warnings = [line for line in re.split(r"[\r\n]", printed) if PYTHON_WARNING.search(line)]
     assert not warnings, f"{len(warnings)} warning lines, the first ones:\n" + "\n".join(warnings[:20])
-    # Lines as a terminal shows them: a progress bar redrawn with carriage returns stays one line.
-    lines = log.count("\n")
-    assert lines < MAX_LINES, f"the demo printed {lines} lines (see {demo.parent / 'demo.log'})"
+    # Lines as ``oncolake demo | wc -l`` counts them: a progress bar redrawn in place (carriage returns)
+    # is one line.
+    lines = printed.count("\n")
+    assert lines < MAX_LINES, f"the demo printed {lines} lines (see {log})"
 
 
 def test_demo_ends_with_champions_reports_and_predictions(demo: Path, spark) -> None:
