@@ -114,6 +114,16 @@ def build_spark(settings: Settings, app: str) -> SparkSession:
         The session; tables are then addressed by path under ``settings.lakehouse.root``.
     """
     quiet()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        # A later job in the same process (the demo's stages, the tests) joins the running session: the
+        # job's runtime SQL settings apply, static ones were fixed when it started — what getOrCreate does,
+        # without its "Using an existing Spark session" warning on every stage.
+        for key, value in spark_conf(settings, app).items():
+            if active.conf.isModifiable(key):
+                active.conf.set(key, value)
+        active.sparkContext.setLogLevel(settings.spark.log_level)
+        return active
     if _local_master(settings.spark.master):
         # Bind to loopback: a local job has no business listening on the machine's public address.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

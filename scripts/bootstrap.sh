@@ -47,7 +47,7 @@ want_debian() {  # like need_debian, but a non-root machine only hears about it 
   else say "$1 is missing (the registry browser test skips): install $2"; fi
 }
 if [[ -n $for_tests ]]; then
-  want_debian chromium chromium                 # headless browser for tests/test_registry_browser.py
+  want_debian chromium chromium                 # headless browser for tests/model/test_registry_browser.py
   want_debian chromedriver chromium-driver
 fi
 
