@@ -52,6 +52,21 @@ CATEGORIES: tuple[type[Warning], ...] = (FutureWarning, DeprecationWarning, User
 # Loggers whose INFO lines (run links, database migrations) are turned off; warnings still show.
 LOGGERS = ("mlflow", "alembic")
 
+# Logged (not ``warnings``) cautions of third-party packages about a choice made on purpose: MLflow warns
+# on every logged model that a Python object is serialised with cloudpickle; ours is our own class,
+# loaded only from our own registry.
+LOGGED_CAUTIONS = {"mlflow.pyfunc": "Passing a Python object as `python_model`"}
+
+
+class _DropCaution(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 # A module name in one of the packages or below it: "pyarrow", "petastorm.reader", not "pyarrowish".
 _MODULES = rf"(?:{'|'.join(THIRD_PARTY)})(?:\.|$)"
 
@@ -79,3 +94,7 @@ def quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name, prefix in LOGGED_CAUTIONS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropCaution) for f in logger.filters):
+            logger.addFilter(_DropCaution(prefix))
