@@ -74,3 +74,20 @@ def test_a_real_import_warning_of_petastorm(switch: str, expected: bool) -> None
     env = {**os.environ, QUIET_ENV: switch}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert ("FutureWarning" in done.stderr) is expected, done.stderr
+
+
+def test_mlflow_cloudpickle_caution_is_dropped_other_mlflow_warnings_show(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from core.quiet import quiet
+
+    quiet()
+    quiet()  # idempotent: one filter, not two
+    logger = logging.getLogger("mlflow.pyfunc")
+    assert sum(type(f).__name__ == "_DropCaution" for f in logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="mlflow.pyfunc"):
+        logger.warning("Passing a Python object as `python_model` causes it to be serialized")
+        logger.warning("something else MLflow wants us to see")
+    assert [r.getMessage() for r in caplog.records] == ["something else MLflow wants us to see"]
