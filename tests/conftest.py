@@ -81,13 +81,16 @@ def tiles(spark: SparkSession, settings: Settings, ingested: dict[str, Collectio
 
 @pytest.fixture()
 def mlflow_uri(tmp_path: Path) -> Iterator[str]:
-    """A fresh SQLite-backed MLflow store, made the current tracking and registry URI."""
+    """A fresh SQLite-backed MLflow store, made the current tracking and registry URI, with its own
+    ``Default`` experiment active (MLflow remembers the active experiment's id across stores: an earlier
+    test's experiment 1 does not exist in this one)."""
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("Default")
     yield uri
     mlflow.set_tracking_uri(previous)
 
