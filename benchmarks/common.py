@@ -76,13 +76,13 @@ def build_tiles(
     downscale: float | None,
     seed: int,
     collections: Iterable[str],
-    tile_files: int = 0,
+    files_per_group: int = 1,
 ) -> float:
     """Synthetic corpus -> ingest -> tiles table, for ``collections`` only. Returns seconds.
 
     The ingest job's library function (:func:`pipelines.collections.ingest_collections`) and the tile
-    job's (:func:`pipelines.tiles.tile_images`); ``tile_files`` repartitions the tiles into that many
-    files (0: as the tile job writes them).
+    job's (:func:`pipelines.tiles.tile_images`, in its layout: ``files_per_group`` files per split and
+    modality).
     """
     started = time.perf_counter()
     corpus = work / "corpus"
@@ -93,6 +93,6 @@ def build_tiles(
         if isinstance(entry, dict) and name in set(collections)
     }
     ingest_collections(spark, settings, roots, DEMO_SECRET)
-    tile_images(spark, settings, files=tile_files)
+    tile_images(spark, settings, files_per_group=files_per_group)
     shutil.rmtree(corpus)
     return time.perf_counter() - started

@@ -112,6 +112,9 @@ class TileSettings(Section):
     min_tissue: float = Field(ge=0, le=1)
     # A tile takes a finding's label when the overlap reaches this (|tile ∩ finding| / min of the areas).
     overlap_threshold: float = Field(gt=0, le=1)
+    # Rows per Parquet row group of the tiles table (the unit Petastorm reads, shuffles and shards):
+    # every split needs at least 2 per training worker; fewer rows, more groups, less memory per read.
+    row_group_rows: int = Field(ge=1)
 
 
 class SplitSettings(Section):
@@ -138,6 +141,7 @@ class AugmentSettings(Section):
     """Training-time augmentation of a tile: the variations it could have had anyway."""
 
     flip: bool
+    rotate90: bool  # a quarter turn 0-3 times, each equally likely
     rotate_degrees: float = Field(ge=0, le=180)  # uniform in [-d, d]
     gain: float = Field(ge=0, lt=1)  # intensity multiplied by uniform [1-g, 1+g]
     bias: float = Field(ge=0, lt=1)  # then shifted by uniform [-b, b] (normalised units)
@@ -167,9 +171,13 @@ class TrainSettings(Section):
     augment: AugmentSettings
     warmup_epochs: float = Field(ge=0)
     patience: int = Field(ge=1)
-    # Horovod processes; null means one per executor core (spark.default.parallelism).
+    # How the workers cooperate: Horovod (Gloo) or PyTorch DDP (Gloo) through Spark's TorchDistributor.
+    backend: Literal["horovod", "torch_distributor"]
+    # Training processes; null means one per executor core (spark.default.parallelism).
     num_proc: int | None = Field(ge=1)
-    reader_workers: int = Field(ge=1)
+    # Petastorm decode threads per worker; null: from the cores the worker has (its share of the
+    # machine's cores), which also sets its torch threads.
+    reader_workers: int | None = Field(ge=1)
     seed: int
     # Registered model names are <model_prefix><task>.
     model_prefix: str

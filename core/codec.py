@@ -22,6 +22,15 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """The inverse of :func:`encode_png`, as a writable array (torch warns on read-only buffers)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.array(image)
+    """The inverse of :func:`encode_png`, as a writable array (torch warns on read-only buffers).
+
+    imagecodecs (libpng, the GIL released) measured faster than Pillow and ``torchvision.io.decode_png``
+    on tiles (``benchmarks/train.py`` prints the three); Pillow reads what imagecodecs refuses.
+    """
+    import imagecodecs
+
+    try:
+        return imagecodecs.png_decode(data)
+    except (ValueError, imagecodecs.PngError):
+        with Image.open(io.BytesIO(data)) as image:
+            return np.array(image)

@@ -1,4 +1,4 @@
-"""Train one model per task with Horovod on the Spark executors, from a pinned version of the tiles table.
+"""Train one model per task on the Spark executors (Horovod or TorchDistributor), from a pinned tiles version.
 
     oncolake train [--task NAME ...] [--resume RUN_ID] [--config NAME|FILE] [--set train.epochs=8 ...]
     spark-submit --py-files dist/oncolake-0.1.0.zip jobs/train.py --config cluster
@@ -11,6 +11,9 @@ configuration, per-epoch metrics and lineage (tiles table path, version, counts 
 records its test figures for the evaluation report (never registered). The work is
 :func:`model.training.runner.train_tasks`; a configuration it cannot train (a network that cannot take
 ``tiles.size`` tiles) or a lakehouse without tiles is refused before training starts (exit status 2).
+``train.backend`` picks how the processes cooperate (``horovod``, or ``torch_distributor``: PyTorch DDP
+in Spark barrier tasks; docs/training.md); when a process dies the job exits with status 3 and says
+which ``--resume RUN_ID`` continues it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from core.tasks import TASKS
 from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
-from model.training.runner import Refused, train_tasks
+from model.training.runner import Refused, TrainingFailed, train_tasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         train_tasks(spark, settings, args.task, args.resume, args.leakage_audit)
     except Refused as refused:
         parser.exit(2, f"oncolake train: {refused}\n")
+    except TrainingFailed as failed:
+        parser.exit(3, f"oncolake train: {failed}\n  cause: {str(failed.__cause__)[-2000:]}\n")
     return 0
 
 

@@ -5,8 +5,8 @@ Training reads the Parquet files of one version of the tiles table directly with
 vectors off (a snapshot's files hold exactly its rows), is not partitioned (partition values would not be
 inside the files), and is written in many row groups (each worker needs at least one). Rows of other
 splits or outside the task (:func:`split_rows`: the task's row predicate and the split rule, both from
-:mod:`core.tasks`) are ignored in the reader's transform, where the PNG pixels are also decoded,
-augmented and normalised, so the torch side only sees float tensors and integer labels.
+:mod:`core.tasks`) are ignored in the reader's transform, where the PNG pixels are also decoded; they
+stay ``uint8`` until the torch side normalises and augments whole batches.
 
 How a tile becomes a network input (:class:`TileInput`: size, pixel mean and spread) and how training
 tiles are augmented (:class:`Augmentation`) come from configuration (``tiles.size``,
@@ -29,7 +29,11 @@ IGNORE = -1  # target of rows that belong to another split or task
 
 @dataclass(frozen=True)
 class TileInput:
-    """What the network is fed: ``size`` x ``size`` tiles, scaled to 0-1, then ``(x - mean) / std``."""
+    """What the network is fed: ``size`` x ``size`` tiles, scaled to 0-1, then ``(x - mean) / std``.
+
+    Tiles travel as ``uint8`` (3, size, size) (:meth:`pixels`: grayscale replicated to three channels)
+    and become float only on the torch side, a whole batch at once (:meth:`normalise`).
+    """
 
     size: int
     mean: float
@@ -43,32 +47,49 @@ class TileInput:
         """As plain values (recorded with a logged model, so it normalises as training did)."""
         return asdict(self)
 
-    def array(self, png: bytes) -> np.ndarray:
-        """A tile's PNG as float32 (3, size, size), normalised; grayscale is replicated to three channels."""
+    def pixels(self, png: bytes) -> np.ndarray:
+        """A tile's PNG as uint8 (3, size, size); grayscale is replicated to three channels."""
         from core.codec import decode_png
 
-        pixels = decode_png(png).astype(np.float32) / 255.0
+        pixels = decode_png(png)
         if pixels.shape[:2] != (self.size, self.size):
             raise ValueError(
                 f"a tile is {pixels.shape[1]}x{pixels.shape[0]} pixels, the model takes {self.size}x"
                 f"{self.size} (tiles.size): tile the images again or set tiles.size to the table's"
             )
         if pixels.ndim == 2:
-            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-        return np.ascontiguousarray((pixels.transpose(2, 0, 1) - self.mean) / self.std, dtype=np.float32)
+            return np.ascontiguousarray(np.broadcast_to(pixels, (3, self.size, self.size)))
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def pixel_batch(self, pixels: Sequence[bytes]) -> np.ndarray:
+        """PNG tiles as one uint8 array (n, 3, size, size)."""
+        out = np.empty((len(pixels), 3, self.size, self.size), dtype=np.uint8)
+        for i, png in enumerate(pixels):
+            out[i] = self.pixels(bytes(png))
+        return out
+
+    def normalise(self, batch: Any) -> Any:
+        """A uint8 torch batch (n, 3, size, size) as the network's float32 input."""
+        return batch.float().mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std)
 
     def batch(self, pixels: Sequence[bytes]) -> np.ndarray:
-        """PNG tiles as one float32 array (n, 3, size, size)."""
-        if not len(pixels):
-            return np.zeros((0, 3, self.size, self.size), dtype=np.float32)
-        return np.stack([self.array(bytes(png)) for png in pixels])
+        """PNG tiles as one normalised float32 array (n, 3, size, size) (inference and validation)."""
+        import torch
+
+        return self.normalise(torch.from_numpy(self.pixel_batch(pixels))).numpy()
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Flips, a small rotation and intensity jitter: the variations a tile could have had anyway."""
+    """Flips, 90-degree turns, a small rotation and intensity jitter: variations a tile could have had.
+
+    Applied on the torch side to whole normalised batches (:meth:`batch`): the flips, turns and rotation
+    of each tile compose into one affine map, sampled in one ``grid_sample`` call (bilinear, reflected
+    at the border); the jitter is one multiply-add.
+    """
 
     flip: bool
+    rotate90: bool
     rotate_degrees: float
     gain: float
     bias: float
@@ -77,21 +98,37 @@ class Augmentation:
     def from_settings(cls, settings: Any) -> Augmentation:
         return cls(**settings.train.augment.model_dump())
 
-    def __call__(self, tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Each flip with probability 1/2, a rotation uniform in +-``rotate_degrees``, then
-        ``tile * uniform(1 - gain, 1 + gain) + uniform(-bias, bias)``."""
-        from scipy.ndimage import rotate
+    def batch(self, images: Any, generator: Any) -> Any:
+        """Each tile of the float batch (n, c, h, w): each flip with probability 1/2, a quarter turn
+        0-3 times (``rotate90``), a rotation uniform in +-``rotate_degrees``, then
+        ``x * uniform(1 - gain, 1 + gain) + uniform(-bias, bias)``; ``generator`` draws the values."""
+        import torch
+        import torch.nn.functional as F
 
+        n = images.shape[0]
+
+        def uniform(low: float, high: float) -> Any:
+            return torch.rand(n, generator=generator) * (high - low) + low
+
+        matrix = torch.eye(2).repeat(n, 1, 1)
         if self.flip:
-            if rng.random() < 0.5:
-                tile = tile[:, :, ::-1]
-            if rng.random() < 0.5:
-                tile = tile[:, ::-1, :]
+            signs = torch.where(torch.rand(n, 2, generator=generator) < 0.5, -1.0, 1.0)
+            matrix = matrix * signs[:, None, :]
+        angle = torch.zeros(n)
+        if self.rotate90:
+            angle += torch.randint(0, 4, (n,), generator=generator).float() * (torch.pi / 2)
         if self.rotate_degrees:
-            angle = rng.uniform(-self.rotate_degrees, self.rotate_degrees)
-            tile = rotate(tile, angle, axes=(1, 2), reshape=False, order=1, mode="reflect")
-        gain, bias = rng.uniform(1 - self.gain, 1 + self.gain), rng.uniform(-self.bias, self.bias)
-        return np.ascontiguousarray(tile * gain + bias, dtype=np.float32)
+            angle += uniform(-self.rotate_degrees, self.rotate_degrees) * (torch.pi / 180)
+        if bool((angle != 0).any()) or self.flip:
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            rotation = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+            theta = torch.cat([rotation @ matrix, torch.zeros(n, 2, 1)], 2)
+            grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+            images = F.grid_sample(
+                images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+            )
+        gain, bias = uniform(1 - self.gain, 1 + self.gain), uniform(-self.bias, self.bias)
+        return images.mul_(gain[:, None, None, None]).add_(bias[:, None, None, None])
 
 
 def split_rows(frame: pd.DataFrame, task: Task, split: str, rule: SplitRule = BY_PATIENT) -> np.ndarray:
@@ -122,42 +159,38 @@ def read_split(files: Sequence[str], task: Task, split: str, rule: SplitRule = B
 
 @dataclass(frozen=True)
 class ReaderSpec:
-    """What a worker's transform needs: which split and task, how tiles are fed, augmentation, a seed."""
+    """What a worker's transform needs: which split and task, and how tiles are fed."""
 
     split: str
     task: Task
     tile_input: TileInput
-    augmentation: Augmentation | None
-    seed: int = 0
     rule: SplitRule = BY_PATIENT
 
 
 def make_transform(spec: ReaderSpec) -> Any:
-    """The Petastorm ``TransformSpec`` for a split and task: decode, augment and label the task's rows.
+    """The Petastorm ``TransformSpec`` for a split and task: decode and label the task's rows.
 
-    Rows outside the split or task keep their place with ``target`` :data:`IGNORE` and a blank image
-    (never decoded): Petastorm ends a read early when a row group's transform returns no rows at all
-    (uber/petastorm#507), which silently dropped the rest of a split. Consumers drop ignored rows.
+    Pixels stay ``uint8`` (3, size, size): normalisation and augmentation happen on the torch side, on
+    whole batches. Rows outside the split or task keep their place with ``target`` :data:`IGNORE` and a
+    blank image (never decoded): Petastorm ends a read early when a row group's transform returns no rows
+    at all (uber/petastorm#507), which silently dropped the rest of a split. Consumers drop ignored rows.
     """
     from petastorm import TransformSpec
 
-    rng = np.random.default_rng(spec.seed)
     size = spec.tile_input.size
-    blank = np.zeros((3, size, size), dtype=np.float32)
 
     def transform(frame: pd.DataFrame) -> pd.DataFrame:
         keep = split_rows(frame, spec.task, spec.split, spec.rule)
-        images = []
-        for wanted, png in zip(keep, frame["pixels"], strict=True):
-            image = spec.tile_input.array(png) if wanted else blank
-            images.append(spec.augmentation(image, rng) if wanted and spec.augmentation else image)
+        images = np.zeros((len(frame), 3, size, size), dtype=np.uint8)
+        for i in np.flatnonzero(keep):
+            images[i] = spec.tile_input.pixels(frame["pixels"].iat[i])
         targets = frame["label"].map(spec.task.label_map).where(keep, IGNORE).astype(np.int64).to_numpy()
-        return pd.DataFrame({"image": images, "target": targets})
+        return pd.DataFrame({"image": list(images), "target": targets})
 
     return TransformSpec(
         transform,
         edit_fields=[
-            ("image", np.float32, (3, size, size), False),
+            ("image", np.uint8, (3, size, size), False),
             ("target", np.int64, (), False),
         ],
         selected_fields=["image", "target"],

@@ -1,15 +1,17 @@
-"""Running PyTorch functions as Horovod workers inside Spark tasks.
+"""Running PyTorch functions as training processes inside Spark tasks, with either backend.
 
-Training is driven through ``horovod.spark.run`` directly: Horovod's Spark Estimator does not work with
-the pinned pyarrow. Gloo is the transport (no MPI on Spark executors); a Gloo timeout turns a worker
-that died into a failed run instead of a hang.
+:func:`run_workers` (Horovod) drives ``horovod.spark.run`` directly: Horovod's Spark Estimator does not
+work with the pinned pyarrow. :func:`run_torch_workers` uses Spark's own ``TorchDistributor`` on the
+executors (``local_mode=False``: barrier tasks, each starting ``torchrun`` for one process). Gloo is the
+transport of both (no MPI on Spark executors); a Gloo timeout turns a worker that died into a failed run
+instead of a hang.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pyspark.sql import SparkSession
 
@@ -86,3 +88,23 @@ def allreduce_probe(seed: int) -> dict[str, Any]:
     }
     hvd.shutdown()
     return result
+
+
+def run_torch_workers(
+    spark: SparkSession, fn: Callable[..., T], num_proc: int, args: tuple[Any, ...] = ()
+) -> T:
+    """Run ``fn(*args)`` in ``num_proc`` processes under Spark's ``TorchDistributor`` on the executors.
+
+    It runs one barrier stage of ``num_proc`` tasks (so it needs that many free task slots at once, and a
+    task that dies fails the stage with no retry); each task starts ``torchrun``, which sets ``RANK``,
+    ``WORLD_SIZE`` and ``MASTER_ADDR``/``MASTER_PORT`` for ``fn``. The processes' output reaches the
+    driver's standard error through the distributor's log stream.
+
+    Returns:
+        Rank 0's result (the distributor returns only that one).
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    assert spark.sparkContext is not None
+    distributor = TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=False)
+    return cast(T, distributor.run(fn, *args))

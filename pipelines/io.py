@@ -1,15 +1,16 @@
 """All Delta Lake reads and writes: tables addressed by path, idempotent MERGEs, pinned snapshots.
 
-Writes go through :func:`merge_into`, an insert-only MERGE keyed by the table's key columns, so that
-re-running a job adds nothing and a job killed mid-write leaves the table at its previous version (a
-Delta commit is atomic). Every commit carries the producing job's configuration as its
-``userMetadata``, so ``DESCRIBE HISTORY`` says how each version was made.
+Writes go through :func:`merge_into`, an insert-only MERGE keyed by the table's key columns, or
+:func:`append_new`, an anti-join on the keys and a plain append that keeps the file layout the caller
+chose (the tiles table's), so that re-running a job adds nothing and a job killed mid-write leaves the
+table at its previous version (a Delta commit is atomic). Every commit carries the producing job's
+configuration as its ``userMetadata``, so ``DESCRIBE HISTORY`` says how each version was made.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,8 +55,8 @@ def files_holding(spark: SparkSession, path: str, version: int, condition: str) 
     """The files of the table at ``version`` that hold at least one row matching ``condition``.
 
     Petastorm reads whole files, so narrowing the file list to those that hold matching rows saves
-    reading files that hold none. The tile job writes splits and collections mixed within its files, so
-    most files hold some of every split; readers filter rows themselves.
+    reading files that hold none. The tile job writes each split and modality in files of their own
+    (:func:`pipelines.tiles.by_layout`), so a split's files hold only that split's rows.
     """
     rows = read_table(spark, path, version).where(condition).select(F.input_file_name().alias("f")).distinct()
     return sorted(r["f"] for r in rows.collect())
@@ -108,3 +109,57 @@ def merge_into(
             .whenNotMatchedInsertAll()
             .execute()
         )
+
+
+def row_group_properties(rows: int) -> dict[str, str]:
+    """Table properties that make every Parquet row group of the table's files ``rows`` rows long.
+
+    The Parquet writer checks its buffered size every ``page.size.row.check`` rows and closes the row
+    group when it exceeds ``block.size``: a 1-byte block size and a check every ``rows`` rows close one
+    exactly every ``rows`` rows. Delta hands its table properties to the Parquet writer, so every write of
+    the table (appends, and later OPTIMIZE) keeps them.
+    """
+    return {
+        "parquet.block.size": "1",
+        "parquet.page.size.row.check.min": str(rows),
+        "parquet.page.size.row.check.max": str(rows),
+    }
+
+
+def append_new(
+    spark: SparkSession,
+    df: DataFrame,
+    path: str,
+    keys: Sequence[str],
+    metadata: Mapping[str, Any] | None = None,
+    layout: Callable[[DataFrame], DataFrame] | None = None,
+    properties: Mapping[str, str] | None = None,
+) -> None:
+    """Append the rows of ``df`` whose keys are not in the table yet; create the table if needed.
+
+    Unlike :func:`merge_into` (whose join plan decides which rows share a file), the files are written
+    as ``layout(new rows)`` partitions them: an anti-join on the key columns only (never on pixel
+    columns), ``layout``, one append commit.
+
+    Args:
+        layout: a repartitioning of the new rows (one file per partition); ``None`` keeps them as they are.
+        properties: table properties beyond :data:`TABLE_PROPERTIES`, set when the table is created and
+            updated when they differ (e.g. :func:`row_group_properties`).
+    """
+    wanted = {**TABLE_PROPERTIES, **(properties or {})}
+    with _commit_metadata(spark, metadata):
+        if not table_exists(spark, path):
+            builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(df.schema)
+            for key, value in wanted.items():
+                builder = builder.property(key, value)
+            builder.execute()
+        else:
+            table = DeltaTable.forPath(spark, path)
+            current = table.detail().select("properties").collect()[0][0] or {}
+            changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+            if changed:
+                listed = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
+                spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({listed})")
+        existing = read_table(spark, path).select(*keys)
+        new = df.join(existing, list(keys), "left_anti")
+        (layout(new) if layout else new).write.format("delta").mode("append").save(path)

@@ -53,5 +53,13 @@ def land_folder(
     decoded.unpersist()
 
     options = tiles.TileOptions.from_settings(settings.tiles)
-    tiles.merge_new_tiles(spark, images_path, lake.table("landing_tiles"), None, options, metadata)
+    tiles.merge_new_tiles(
+        spark,
+        images_path,
+        lake.table("landing_tiles"),
+        None,
+        options,
+        metadata,
+        settings.tiles.row_group_rows,
+    )
     return summary

@@ -5,12 +5,17 @@ is labelled from the geometry of the collection's own findings (see :func:`pipel
 for the rules; expert annotations are not read). A tile carries its image's split and patient pseudonym,
 so training and evaluation never need a join and a leak shows up in the tiles table as well.
 :func:`tile_images` is the tile job; :func:`merge_new_tiles` is shared with the landing zone.
+
+The tiles table's file layout is this module's (:func:`by_layout`): every file holds the tiles of one
+split and one modality, in Parquet row groups of ``tiles.row_group_rows`` rows, so that a training
+worker reading one split's files with Petastorm (which reads whole row groups and prunes nothing) reads
+only that split's rows, and every split has many row groups to shard among workers.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +28,7 @@ from conf import Settings
 from conf.schema import TileSettings
 from core.codec import decode_png, encode_png
 from core.quiet import quiet
-from pipelines.io import merge_into, read_table, table_exists
+from pipelines.io import append_new, read_table, row_group_properties, table_exists
 from pipelines.sources.base import Geometry
 from pipelines.split import SplitLeak
 from pipelines.summary import TileSummary
@@ -183,6 +188,58 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
     return selected.mapInPandas(run, TILE_SCHEMA)
 
 
+SPLITS = ("train", "val", "test", None)  # None: unlabelled tiles (the landing zone's)
+MODALITIES = ("mammography", "histology")
+
+
+def _spread_keys(spark: SparkSession, partitions: int) -> list[int]:
+    """``partitions`` integers that Spark's hash partitioning sends to ``partitions`` different tasks.
+
+    ``repartition(n, column)`` places a row in task ``pmod(hash(column), n)`` (Murmur3, as SQL ``hash``);
+    hashing the group names themselves would put two groups in one task (one file) most of the time.
+    """
+    rows = spark.range(0, 64 * partitions).select("id", F.expr(f"pmod(hash(id), {partitions})")).collect()
+    first: dict[int, int] = {}
+    for key, task in rows:
+        first.setdefault(int(task), int(key))
+    return [first[task] for task in range(partitions)]
+
+
+def by_layout(spark: SparkSession, files_per_group: int = 1) -> Callable[[DataFrame], DataFrame]:
+    """The tiles table's layout: one task (so one file) per split and modality, rows in a hashed order.
+
+    Args:
+        files_per_group: the files each (split, modality) group's new tiles are written in (their
+            tasks write in parallel); tile ids are spread among them by hash.
+
+    Returns:
+        A repartitioning of new tile rows for :func:`pipelines.io.append_new`. Groups outside
+        :data:`SPLITS` x :data:`MODALITIES` share one more group.
+    """
+    groups = [(s, m) for s in SPLITS for m in MODALITIES]
+    partitions = (len(groups) + 1) * files_per_group
+    keys = _spread_keys(spark, partitions)
+    cases = " ".join(
+        f"WHEN split {'IS NULL' if s is None else f'= {s!r}'} AND modality = {m!r} THEN {i}"
+        for i, (s, m) in enumerate(groups)
+    )
+    group = F.expr(f"CASE {cases} ELSE {len(groups)} END")
+    part = group * files_per_group + F.expr(f"pmod(xxhash64(tile_id), {files_per_group})")
+    lookup = F.array(*[F.lit(k).cast("long") for k in keys])  # hashed as the longs they were found as
+
+    def layout(tiles: DataFrame) -> DataFrame:
+        keyed = tiles.withColumn("_layout", F.element_at(lookup, (part + 1).cast("int")))
+        # Hashed order inside a file: each row group is a random sample of its group's tiles (of every
+        # label and image), which is what shuffling whole row groups needs.
+        return (
+            keyed.repartition(partitions, "_layout")
+            .sortWithinPartitions(F.xxhash64("tile_id"))
+            .drop("_layout")
+        )
+
+    return layout
+
+
 class NoImages(RuntimeError):
     """There is no images table to tile yet."""
 
@@ -194,33 +251,49 @@ def merge_new_tiles(
     annotations_path: str | None,
     options: TileOptions,
     metadata: Mapping[str, object],
-    files: int = 0,
-) -> None:
-    """Cut the images of ``images_path`` that have no tiles yet and MERGE their tiles by tile id.
+    row_group_rows: int,
+    files_per_group: int = 1,
+) -> int:
+    """Cut the images of ``images_path`` that have no tiles yet and append their tiles (new tile ids
+    only) in the tiles layout (:func:`by_layout`, row groups of ``row_group_rows``).
 
     Args:
         annotations_path: the findings to label from (:func:`with_findings`); ``None`` for images that
             have none (the landing zone's, unlabelled).
         metadata: the commit's ``userMetadata``.
-        files: repartition the new tiles into that many files first (0: as :func:`cut_tiles` makes them).
+        files_per_group: see :func:`by_layout`.
+
+    Returns:
+        How many images were cut (0: nothing was written, no commit made).
     """
     done = read_table(spark, tiles_path) if table_exists(spark, tiles_path) else None
     todo = images_to_tile(read_table(spark, images_path), done)
+    count = todo.count()
+    if not count:
+        return 0
     if annotations_path is None:
         todo = todo.withColumn("findings", F.lit(None).cast(NO_FINDINGS))
     else:
         todo = with_findings(todo, read_table(spark, annotations_path))
-    cut = cut_tiles(todo, options)
-    merge_into(spark, cut.repartition(files) if files else cut, tiles_path, ["tile_id"], metadata)
+    append_new(
+        spark,
+        cut_tiles(todo, options),
+        tiles_path,
+        ["tile_id"],
+        metadata,
+        layout=by_layout(spark, files_per_group),
+        properties=row_group_properties(row_group_rows),
+    )
+    return count
 
 
-def tile_images(spark: SparkSession, settings: Settings, files: int = 0) -> TileSummary:
+def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 1) -> TileSummary:
     """The tile job: tile every image of the lakehouse not yet tiled, check splits, count the tiles.
 
     Re-running adds nothing.
 
     Args:
-        files: see :func:`merge_new_tiles` (the job uses 0).
+        files_per_group: see :func:`by_layout`.
 
     Returns:
         The tiles table's counts per collection, split and label.
@@ -236,7 +309,14 @@ def tile_images(spark: SparkSession, settings: Settings, files: int = 0) -> Tile
     metadata = {"job": "tile", "config": settings.public_dict()}
     options = TileOptions.from_settings(settings.tiles)
     merge_new_tiles(
-        spark, lake.table("images"), tiles_path, lake.table("annotations"), options, metadata, files
+        spark,
+        lake.table("images"),
+        tiles_path,
+        lake.table("annotations"),
+        options,
+        metadata,
+        settings.tiles.row_group_rows,
+        files_per_group,
     )
     table = read_table(spark, tiles_path)
     leaks = table.groupBy("collection", "patient_key").agg(F.countDistinct("split").alias("n")).where("n > 1")

@@ -79,7 +79,7 @@ def class_weights(task: Task, train_counts: dict[str, int]) -> tuple[float, ...]
 
 
 def row_groups(files: tuple[str, ...]) -> int:
-    """How many Parquet row groups the files hold: each Horovod worker's shard needs at least one."""
+    """How many Parquet row groups the files hold: each worker's Petastorm shard needs at least one."""
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(f.removeprefix("file:")).num_row_groups for f in files)
@@ -107,7 +107,7 @@ class TrainPlan:
     tile_input: TileInput
     augmentation: Augmentation
     seed: int
-    reader_workers: int
+    reader_workers: int | None
     resume: bool = False
     rule: SplitRule = BY_PATIENT
 

@@ -2,9 +2,9 @@
 
 :func:`train_tasks` is the library function behind ``oncolake train``: it checks the configuration can
 be trained at all, pins the current version of the tiles table, and fits each task (:func:`fit_task`):
-one MLflow run with the public configuration and the lineage, Horovod workers on the executors
-(:func:`model.training.worker.train_worker`), the best epoch registered as the task's challenger
-(:mod:`model.training.registration`), and optionally the leakage audit beside it.
+one MLflow run with the public configuration and the lineage, training processes on the executors
+(:func:`run_training`: Horovod or TorchDistributor, ``train.backend``), the best epoch registered as the
+task's challenger (:mod:`model.training.registration`), and optionally the leakage audit beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,35 @@ class Refused(ValueError):
     """Training cannot start with this configuration or lakehouse; the message says why."""
 
 
+class TrainingFailed(RuntimeError):
+    """The training processes failed (one was killed, or a peer went missing); ``--resume`` continues."""
+
+
+BACKENDS = ("horovod", "torch_distributor")
+
+
+def run_training(spark: Any, backend: str, plan: TrainPlan, num_proc: int) -> dict[str, Any]:
+    """Rank 0's result of :func:`model.training.worker.train_loop` in ``num_proc`` processes of
+    ``backend``: Horovod (:func:`model.training.worker.train_worker`) or PyTorch DDP under Spark's
+    TorchDistributor (:func:`model.training.torch_backend.torch_worker`). Same plan, same loop."""
+    from model.distributed import run_torch_workers, run_workers
+
+    if backend == "horovod":
+        from model.training.worker import train_worker
+
+        return run_workers(spark, train_worker, num_proc, (plan,))[0]
+    if backend == "torch_distributor":
+        from model.training.torch_backend import torch_worker
+
+        return run_torch_workers(spark, torch_worker, num_proc, (plan,))
+    raise Refused(f"unknown train.backend {backend!r}: choose from {', '.join(BACKENDS)}")
+
+
+def minimum_row_groups(num_proc: int) -> int:
+    """Row groups a split needs for ``num_proc`` workers: 2 each (Petastorm refuses fewer than 1 each)."""
+    return 2 * num_proc
+
+
 def fit_task(
     spark: Any,
     settings: Any,
@@ -32,7 +61,7 @@ def fit_task(
     num_proc: int,
     resume_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Train one task's model with Horovod on the executors, tracked in one MLflow run.
+    """Train one task's model on the executors (``train.backend``), tracked in one MLflow run.
 
     ``resume_run_id`` continues that run from its last per-epoch checkpoint (no epoch repeated).
 
@@ -42,17 +71,17 @@ def fit_task(
     """
     import mlflow
 
-    from model.distributed import run_workers
     from model.tracking import flat_params
     from model.training.registration import audit_figures, register_best
-    from model.training.worker import train_worker
 
     if not data.counts.get("train") or not data.counts.get("val"):
         raise ValueError(f"{task.name}: no training or validation tiles in {data.table}@{data.version}")
     groups = row_groups(data.train_files)
-    if groups < num_proc:
-        raise ValueError(
-            f"{task.name}: {groups} row groups of training tiles for {num_proc} workers; rewrite tiles"
+    if groups < minimum_row_groups(num_proc):
+        raise Refused(
+            f"{task.name}: {groups} Parquet row groups of training tiles for {num_proc} workers, who need "
+            f"{minimum_row_groups(num_proc)}: train with fewer (train.num_proc) or re-tile into a new "
+            "lakehouse with a smaller tiles.row_group_rows"
         )
     run_name = f"{task.name} leakage audit (image-level split)" if data.rule.by == "image" else task.name
     with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name) as run:
@@ -76,7 +105,14 @@ def fit_task(
         plan = TrainPlan.build(
             settings, task, data, num_proc, str(directory), resume=resume_run_id is not None
         )
-        state = run_workers(spark, train_worker, num_proc, (plan,))[0]
+        backend = settings.train.backend
+        try:
+            state = run_training(spark, backend, plan, num_proc)
+        except Exception as error:  # a killed process fails the whole stage (barrier: no retry)
+            raise TrainingFailed(
+                f"{task.name}: the {backend} training processes failed ({type(error).__name__}); "
+                f"the epochs done are checkpointed: continue with --resume {run.info.run_id}"
+            ) from error
         for record in state["history"]:
             step = int(record["epoch"])
             mlflow.log_metrics(

@@ -1,14 +1,15 @@
 """The executor side of training: what every worker runs (``horovod/spark/torch``'s share).
 
-:func:`train_worker` is what every Horovod worker runs (through :func:`model.distributed.run_workers`):
-it reads its shard of the training tiles with Petastorm, steps a distributed optimizer (gradients
-averaged with Gloo allreduce), and after each epoch rank 0 validates, checkpoints and decides on early
-stopping, then shares that decision so every worker stops together. Every worker runs the same number of
-steps per epoch (the reader repeats its shard), which keeps the allreduces matched.
+Every worker reads its shard of the training tiles with Petastorm (``uint8`` tiles, decoded in the
+reader's threads), normalises and augments whole batches on the torch side, steps with gradients averaged
+over Gloo, and after each epoch rank 0 validates, checkpoints and decides on early stopping, then shares
+that decision so every worker stops together. Every worker runs the same number of steps per epoch (the
+reader repeats its shard), which keeps the collectives matched.
 
 The loop itself (:func:`train_loop`) reaches the other workers only through a :class:`Collective`
-(share an object from rank 0, start the model and optimizer in sync, reduce a figure), which
-:class:`HorovodCollective` implements with Horovod; another backend implements the same few calls.
+(share an object from rank 0, start the model and optimizer in sync, reduce a figure), which each backend
+implements: :class:`HorovodCollective` (``train_worker``, run by :func:`model.distributed.run_workers`)
+and :class:`model.training.torch_backend.TorchCollective` (DDP, run by Spark's TorchDistributor).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class Collective(Protocol):
     def share(self, value: Any, name: str) -> Any:
         """Rank 0's ``value`` on every worker (the others pass a placeholder)."""
 
-    def start(self, net: Any, optimizer: Any) -> Any:
-        """Rank 0's weights and optimizer state everywhere; returns the optimizer that averages gradients."""
+    def start(self, net: Any, optimizer: Any) -> tuple[Any, Any]:
+        """Rank 0's weights and optimizer state everywhere; returns the module to step (its forward
+        and backward average gradients, or ``net`` itself) and the optimizer to step."""
 
     def mean(self, value: float, name: str) -> float:
         """The mean of ``value`` over the workers."""
@@ -62,10 +64,10 @@ class HorovodCollective:
         # the object's type, and rank 0's object differs in type from the placeholders the others pass.
         return self.hvd.broadcast_object(value, root_rank=0, name=name)
 
-    def start(self, net: Any, optimizer: Any) -> Any:
+    def start(self, net: Any, optimizer: Any) -> tuple[Any, Any]:
         self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-        return self.hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
+        return net, self.hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
 
     def mean(self, value: float, name: str) -> float:
         import torch
@@ -119,24 +121,34 @@ def task_batches(batches: Iterator[dict[str, Any]], size: int) -> Iterator[tuple
             images, targets, have = [image[size:]], [target[size:]], have - size
 
 
+def worker_cores(local_size: int) -> int:
+    """The cores one of ``local_size`` workers on this machine may use (its share of what it may run on)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_size))
+
+
+def reader_threads(plan: TrainPlan, cores: int) -> int:
+    """Petastorm decode threads: ``train.reader_workers``, else half the worker's cores (at least one):
+    decoding releases the GIL, and the other half runs the training step's torch threads."""
+    return plan.reader_workers or max(1, cores // 2)
+
+
 @contextmanager
-def training_batches(
-    plan: TrainPlan, rank: int, size: int, augment: bool = True
-) -> Iterator[Iterator[tuple]]:
+def training_batches(plan: TrainPlan, rank: int, size: int, threads: int = 1) -> Iterator[Iterator[tuple]]:
     """Worker ``rank`` of ``size``: its shard of the training files through Petastorm, endlessly, as
-    batches of ``plan.batch_size`` task rows (decoded and, with ``augment``, augmented by
-    ``plan.augmentation`` in the reader's threads)."""
+    batches of ``plan.batch_size`` task rows: ``uint8`` (n, 3, s, s) tiles and their class indices.
+
+    The reader decodes in ``threads`` threads and holds few row groups at once (its results queue and
+    the loader's shuffling buffer are sized in row groups, not in the whole shard), so a worker's memory
+    does not grow with the table.
+    """
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
 
-    spec = ReaderSpec(
-        "train",
-        plan.task,
-        plan.tile_input,
-        plan.augmentation if augment else None,
-        seed=plan.seed * 1000 + rank,
-        rule=plan.rule,
-    )
+    spec = ReaderSpec("train", plan.task, plan.tile_input, rule=plan.rule)
     reader = make_batch_reader(
         list(plan.train_files),
         num_epochs=None,
@@ -144,7 +156,8 @@ def training_batches(
         shard_count=size,
         shuffle_row_groups=True,
         seed=plan.seed + rank,
-        workers_count=plan.reader_workers,
+        workers_count=threads,
+        results_queue_size=2 * threads,
         transform_spec=make_transform(spec),
     )
     try:
@@ -157,6 +170,11 @@ def training_batches(
         # cache, and the clean-up prints "Cache cleanup complete." on every worker.
         reader.stop()
         reader.join()
+
+
+def augmented(plan: TrainPlan, images: Any, generator: Any) -> Any:
+    """A uint8 training batch as the network's augmented float input (torch side, whole batch)."""
+    return plan.augmentation.batch(plan.tile_input.normalise(images), generator)
 
 
 def validate(net: Any, plan: TrainPlan, loss_fn: Any) -> tuple[float, float]:
@@ -225,7 +243,9 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
 
     rank = group.rank
     torch.manual_seed(plan.seed + rank)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.local_size))
+    generator = torch.Generator().manual_seed(plan.seed * 1000 + rank)
+    cores = worker_cores(group.local_size)
+    torch.set_num_threads(cores)
     net = build_network(plan.network, len(plan.task.classes))
     peak_lr = plan.learning_rate * group.size  # linear scaling with the number of workers, after warm-up
     optimizer = torch.optim.SGD(
@@ -235,11 +255,11 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
     if rank == 0 and plan.resume:
         state = _resume(plan, net, optimizer, state)
     state = group.share(state, "train_state")
-    optimizer = group.start(net, optimizer)
+    model, optimizer = group.start(net, optimizer)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
     warmup_steps = max(1, round(plan.warmup_epochs * plan.steps_per_epoch))
 
-    with training_batches(plan, rank, group.size) as batches:
+    with training_batches(plan, rank, group.size, reader_threads(plan, cores)) as batches:
         for epoch in range(state["epoch"], plan.epochs):
             net.train()
             started, loss_sum, seen = time.monotonic(), 0.0, 0
@@ -257,7 +277,7 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
                     param_group["lr"] = peak_lr * min(1.0, done / warmup_steps)
                 images, targets = next(batches)
                 optimizer.zero_grad()
-                loss = loss_fn(net(images), targets)
+                loss = loss_fn(model(augmented(plan, images, generator)), targets)
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss)
