@@ -1,4 +1,4 @@
-"""What the benchmarks share: a tiles table built from a synthetic corpus, and peak-memory sampling.
+"""What the benchmarks share: a tiles table built from a synthetic corpus, and memory and CPU sampling.
 
 Run as scripts (``python benchmarks/<name>.py``), the benchmarks import this module by its plain name.
 """
@@ -6,6 +6,7 @@ Run as scripts (``python benchmarks/<name>.py``), the benchmarks import this mod
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import threading
 import time
@@ -21,30 +22,95 @@ from pipelines.tiles import tile_images
 
 
 class PeakMemory:
-    """Samples, every ``every`` seconds, the summed resident memory of this process's descendants, per
-    group: ``groups`` maps a name to a test on the command line (Horovod workers, Spark's Python workers,
-    the JVM); ``peak[name]`` is the group's largest sum seen."""
+    """Samples, every ``every`` seconds, the memory and CPU time of this process's descendants, per group.
 
-    def __init__(self, groups: dict[str, Callable[[str], bool]], every: float = 0.5) -> None:
-        self.peak = dict.fromkeys(groups, 0)
-        self._groups, self._every = groups, every
+    ``groups`` maps a name to a test on a process's command line (Horovod workers, Spark's Python workers,
+    the JVM). With ``descendants`` a process also belongs to a group when one of its ancestors passes the
+    test (a training process tree: ``torchrun`` and the processes it starts); without, only the processes
+    that pass it themselves.
+
+    ``peak[name]`` (also ``peak_rss[name]``) is the group's largest sum of resident memory (RSS) seen, in
+    bytes; ``peak_pss[name]`` the largest sum of proportional set sizes (PSS: each shared page divided
+    among the processes that map it, so pages that forked workers share are counted once, not once per
+    process). ``cpu[name]`` is a timeline of ``(time.time(), CPU seconds)``: the user + system CPU time of
+    every process of the group seen so far (one that has ended keeps its last sample), from which
+    :meth:`cpu_between` reads the CPU the group spent between two instants.
+    """
+
+    def __init__(
+        self, groups: dict[str, Callable[[str], bool]], every: float = 0.5, descendants: bool = False
+    ) -> None:
+        self.peak_rss = dict.fromkeys(groups, 0)
+        self.peak_pss = dict.fromkeys(groups, 0)
+        self.cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in groups}
+        self._groups, self._every, self._descendants = groups, every, descendants
+        self._cpu_seen: dict[str, dict[tuple[int, float], float]] = {name: {} for name in groups}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            totals = dict.fromkeys(self._groups, 0)
-            for child in me.children(recursive=True):
+    @property
+    def peak(self) -> dict[str, int]:
+        """The peak RSS per group (what the other benchmarks read)."""
+        return self.peak_rss
+
+    def _members(self) -> dict[str, list[psutil.Process]]:
+        """The processes of each group now."""
+        processes = {p.pid: p for p in psutil.Process().children(recursive=True)}
+        matched: dict[int, set[str]] = {}
+        parents: dict[int, int] = {}
+        for pid, process in processes.items():
+            try:
+                cmdline, parents[pid] = " ".join(process.cmdline()), process.ppid()
+            except psutil.Error:
+                continue
+            matched[pid] = {name for name, match in self._groups.items() if match(cmdline)}
+        members: dict[str, list[psutil.Process]] = {name: [] for name in self._groups}
+        for pid in matched:
+            names, ancestor = set(matched[pid]), parents.get(pid)
+            while self._descendants and ancestor in matched:
+                names |= matched[ancestor]
+                ancestor = parents.get(ancestor)
+            for name in names:
+                members[name].append(processes[pid])
+        return members
+
+    def _sample(self) -> None:
+        now = time.time()
+        for name, processes in self._members().items():
+            rss = pss = 0
+            seen = self._cpu_seen[name]
+            for process in processes:
                 try:
-                    cmdline, rss = " ".join(child.cmdline()), child.memory_info().rss
+                    with process.oneshot():
+                        memory, times = process.memory_full_info(), process.cpu_times()
+                        key = (process.pid, process.create_time())
                 except psutil.Error:
                     continue
-                for name, match in self._groups.items():
-                    if match(cmdline):
-                        totals[name] += rss
-            self.peak = {name: max(self.peak[name], totals[name]) for name in totals}
+                rss, pss = rss + memory.rss, pss + memory.pss
+                seen[key] = times.user + times.system
+            self.peak_rss[name] = max(self.peak_rss[name], rss)
+            self.peak_pss[name] = max(self.peak_pss[name], pss)
+            self.cpu[name].append((now, sum(seen.values())))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
             time.sleep(self._every)
+
+    def cpu_between(self, name: str, start: float, end: float) -> float:
+        """CPU seconds the group spent between two ``time.time()`` instants (linear between samples)."""
+        return self._cpu_at(name, end) - self._cpu_at(name, start)
+
+    def _cpu_at(self, name: str, when: float) -> float:
+        timeline = self.cpu[name]
+        if not timeline:
+            return 0.0
+        if when <= timeline[0][0]:
+            return timeline[0][1]
+        for (t0, c0), (t1, c1) in itertools.pairwise(timeline):
+            if t0 <= when <= t1:
+                return c0 + (c1 - c0) * (when - t0) / (t1 - t0 or 1.0)
+        return timeline[-1][1]
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -53,6 +119,7 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()  # the processes' last figures
 
 
 def is_jvm(cmdline: str) -> bool:
