@@ -161,6 +161,11 @@ def best_path(directory: str) -> Path:
     return Path(directory) / "best.pt"
 
 
+def epoch_log_path(directory: str) -> Path:
+    """One JSON line per finished epoch, written by rank 0 after its checkpoint (the driver shows them)."""
+    return Path(directory) / "epochs.jsonl"
+
+
 def latest_checkpoint(directory: str) -> Path | None:
     """The newest per-epoch checkpoint, where a killed run resumes (losing at most the epoch in flight)."""
     found = sorted(Path(directory).glob("epoch-*.pt"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.tasks import TASKS, SplitRule, Task
-from model.training.common import TaskData, TrainPlan, row_groups, task_data
+from model.training.common import TaskData, TrainPlan, latest_checkpoint, row_groups, task_data
 
 
 class Refused(ValueError):
@@ -46,6 +46,48 @@ def run_training(spark: Any, backend: str, plan: TrainPlan, num_proc: int) -> di
 
         return run_torch_workers(spark, torch_worker, num_proc, (plan,))
     raise Refused(f"unknown train.backend {backend!r}: choose from {', '.join(BACKENDS)}")
+
+
+class EpochLog:
+    """Shows on the driver each epoch rank 0 finishes, from the checkpoint directory (which the driver
+    reads anyway): on a cluster a worker's own output reaches only its executor's log."""
+
+    def __init__(self, directory: Path, epochs: int, every_s: float = 1.0) -> None:
+        import threading
+
+        from model.training.common import epoch_log_path
+
+        self.path, self.epochs, self.every_s = epoch_log_path(str(directory)), epochs, every_s
+        self.shown = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _show(self) -> None:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        for line in lines[self.shown :]:
+            if not line.endswith("}"):
+                break  # being written
+            record = json.loads(line)
+            print(
+                f"train: epoch {int(record['epoch'])}/{self.epochs} loss {record['train_loss']:.4f} val_loss "
+                f"{record['val_loss']:.4f} val_auc {record['val_auc']:.3f} "
+                f"{record['images_per_s']:.1f} images/s",
+                flush=True,
+            )
+            self.shown += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._show()
+
+    def __enter__(self) -> EpochLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._show()
 
 
 def minimum_row_groups(num_proc: int) -> int:
@@ -106,13 +148,20 @@ def fit_task(
             settings, task, data, num_proc, str(directory), resume=resume_run_id is not None
         )
         backend = settings.train.backend
+        if resume_run_id is not None:
+            latest = latest_checkpoint(str(directory))
+            done = int(latest.stem.split("-")[1]) if latest else 0
+            print(f"train: resuming after epoch {done} from {latest.name if latest else 'the start'}")
         try:
-            state = run_training(spark, backend, plan, num_proc)
+            with EpochLog(directory, plan.epochs):
+                state = run_training(spark, backend, plan, num_proc)
         except Exception as error:  # a killed process fails the whole stage (barrier: no retry)
             raise TrainingFailed(
                 f"{task.name}: the {backend} training processes failed ({type(error).__name__}); "
                 f"the epochs done are checkpointed: continue with --resume {run.info.run_id}"
             ) from error
+        if len(state["history"]) < plan.epochs:
+            print(f"train: early stop, best epoch {state['best_epoch']}", flush=True)
         for record in state["history"]:
             step = int(record["epoch"])
             mlflow.log_metrics(

@@ -14,6 +14,7 @@ and :class:`model.training.torch_backend.TorchCollective` (DDP, run by Spark's T
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -22,7 +23,14 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from model.data import IGNORE, ReaderSpec, make_transform
-from model.training.common import TrainPlan, best_path, checkpoint_path, latest_checkpoint, validation_logits
+from model.training.common import (
+    TrainPlan,
+    best_path,
+    checkpoint_path,
+    epoch_log_path,
+    latest_checkpoint,
+    validation_logits,
+)
 
 
 class Collective(Protocol):
@@ -173,8 +181,16 @@ def training_batches(plan: TrainPlan, rank: int, size: int, threads: int = 1) ->
 
 
 def augmented(plan: TrainPlan, images: Any, generator: Any) -> Any:
-    """A uint8 training batch as the network's augmented float input (torch side, whole batch)."""
-    return plan.augmentation.batch(plan.tile_input.normalise(images), generator)
+    """A uint8 training batch as the network's augmented float input (torch side, whole batch).
+
+    Mammograms are grayscale (their three channels are copies): one channel is normalised and augmented
+    and then shown to the network three times, a third of the work on identical values.
+    """
+    gray = plan.task.modality == "mammography"
+    if gray:
+        images = images[:, :1]
+    out = plan.augmentation.batch(plan.tile_input.normalise(images), generator)
+    return out.expand(-1, 3, -1, -1) if gray else out
 
 
 def validate(net: Any, plan: TrainPlan, loss_fn: Any) -> tuple[float, float]:
@@ -205,7 +221,6 @@ def _resume(plan: TrainPlan, net: Any, optimizer: Any, state: dict[str, Any]) ->
     saved = torch.load(latest, weights_only=False)
     net.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    print(f"train: resuming after epoch {saved['epoch']} from {latest.name}", flush=True)
     return {k: saved[k] for k in state}
 
 
@@ -225,11 +240,10 @@ def _end_epoch(
         {"model": net.state_dict(), "optimizer": optimizer.state_dict(), **state},
         checkpoint_path(plan.checkpoint_dir, epoch),
     )
-    print(
-        f"train: epoch {epoch}/{plan.epochs} loss {record['train_loss']:.4f} val_loss "
-        f"{record['val_loss']:.4f} val_auc {auc:.3f} {record['images_per_s']:.1f} images/s",
-        flush=True,
-    )
+    # The driver prints this (model.training.runner.EpochLog): on a cluster, a worker's output only
+    # reaches its executor's log.
+    with open(epoch_log_path(plan.checkpoint_dir), "a") as log:
+        log.write(json.dumps(record) + "\n")
     return epoch - state["best_epoch"] >= plan.patience
 
 
@@ -301,8 +315,6 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
                 }
                 decision = _end_epoch(plan, net, optimizer, state, record)
             if group.share(decision, "early_stop"):
-                if rank == 0:
-                    print(f"train: early stop, best epoch {state['best_epoch']}", flush=True)
                 break
     return state if rank == 0 else {}
 

@@ -236,10 +236,13 @@ def test_the_model_learns_on_the_tiny_profile(spark: SparkSession, tmp_path: Pat
     assert "Leakage audit" in report and "image-level split (leaky)" in report
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
 def test_a_killed_training_resumes_from_its_last_checkpoint(
-    tiles: Settings, oncolake, tmp_path: Path
+    tiles: Settings, oncolake, tmp_path: Path, backend: str
 ) -> None:
-    """``oncolake train`` killed (driver, JVM and workers) after its first epoch; ``--resume`` finishes it."""
+    """``oncolake train`` with two processes on two executor JVMs (local-cluster), under each backend,
+    killed (driver, JVMs and workers) after its first epoch; ``--resume`` finishes and registers it."""
     import contextlib
     import os
     import re
@@ -253,6 +256,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
     args = ["train", "--config", "tiny", "--task", TASK.name, "--set", f"lakehouse.root={lake}"]
     args += ["--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     args += ["--set", "train.model_prefix=kill-test-", "--set", "train.epochs=3", "--set", "train.patience=5"]
+    args += ["--set", "spark.master=local-cluster[2,1,1024]", "--set", f"train.backend={backend}"]
+    args += ["--set", "train.num_proc=2"]
     process = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", *args],
         stdout=subprocess.PIPE,
@@ -261,8 +266,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
         start_new_session=True,  # its own process group: the kill takes the JVM and the workers too
     )
     assert process.stdout is not None
-    run_id = None
+    run_id, doomed, seen = None, None, []
     for line in process.stdout:
+        seen.append(line)
         found = re.search(r"--resume (\w+)", line)
         run_id = found.group(1) if found else run_id
         if "train: epoch 1/3 loss" in line:
@@ -275,6 +281,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
                     child.kill()
             break
     process.wait(timeout=120)
+    assert doomed is not None, "the first epoch never ended:\n" + "".join(seen[-40:])
     psutil.wait_procs(doomed, timeout=60)
     assert run_id is not None
     checkpoints = lake / "checkpoints" / run_id
@@ -290,8 +297,15 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
         "epoch-003.pt",
     ]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "val_auc")]
+    client = MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
     assert sorted(steps) == [1, 2, 3]  # epoch 1 logged once, by the resumed run (no epoch repeated)
+    run = client.get_run(run_id)
+    assert run.data.params["train.backend"] == backend and run.data.params["num_proc"] == "2"
+    [version] = client.search_model_versions(f"name = 'kill-test-{TASK.name}'")
+    assert version.run_id == run_id
+    challenger = client.get_model_version_by_alias(f"kill-test-{TASK.name}", registry.CHALLENGER)
+    assert challenger.version == version.version
 
 
 def test_task_batches_are_full_and_lose_no_row() -> None:

@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from conf import Settings
-from pipelines.io import read_table
+from pipelines.io import current_version, read_table
 from pipelines.sources.base import Geometry
 from pipelines.tiles import TileOptions, cut_tiles, tile_images, with_findings
 
@@ -40,6 +40,33 @@ def test_a_rerun_adds_no_tile_and_counts_the_table(spark: SparkSession, tiles: S
     counted = {(c, s, lb): n for c, s, lb, n in summary.rows}
     normal_train = table.where("collection = 'mias' AND split = 'train' AND label = 'normal'").count()
     assert counted.get(("mias", "train", "normal"), 0) == normal_train
+
+
+def test_each_file_holds_one_split_and_modality_in_row_groups_of_the_configured_rows(
+    spark: SparkSession, tiles: Settings
+) -> None:
+    """The layout training reads: a split's files hold only that split's rows (Petastorm reads whole
+    row groups and prunes nothing), in row groups of ``tiles.row_group_rows`` (the last of a file fewer)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.io import snapshot_files
+
+    path = tiles.lakehouse.table("tiles")
+    rows = tiles.tiles.row_group_rows
+    files = snapshot_files(spark, path, current_version(spark, path))
+    groups = set()
+    for name in files:
+        parquet = pq.ParquetFile(name.removeprefix("file:"))
+        kinds = parquet.read(columns=["split", "modality"]).to_pandas().drop_duplicates()
+        assert len(kinds) == 1, f"{name} mixes {kinds.to_dict('records')}"
+        groups.add(tuple(kinds.iloc[0]))
+        sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+        assert all(n == rows for n in sizes[:-1]) and 0 < sizes[-1] <= rows
+    assert {s for s, _ in groups} == {"train", "val", "test"}
+    assert {m for _, m in groups} == {"mammography", "histology"}
+    properties = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0]["properties"]
+    assert properties["delta.enableDeletionVectors"] == "false"
+    assert properties["parquet.page.size.row.check.max"] == str(rows)
 
 
 def _labels(spark: SparkSession, settings: Settings, image_id: str, annotations) -> dict[str, str | None]:
