@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     shared = [*(["--config", args.config] if args.config else []), *[f"--set={o}" for o in overrides]]
     started = time.monotonic()
     for stage in STAGES:
-        print(f"demo: == {stage.removeprefix('jobs.')} ==", flush=True)
+        name = stage.removeprefix("jobs.")
+        print(f"demo: == {name} ==", flush=True)
+        began = time.monotonic()
         status = importlib.import_module(stage).main([*shared, *stage_args(stage, settings, args.full)])
         if status:
             print(f"demo: {stage} failed with status {status}")
             return int(status)
+        print(f"demo: {name} took {time.monotonic() - began:.0f} s", flush=True)
     print(f"demo: done in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -1,4 +1,5 @@
-"""Distributed training from the tiles table: two Horovod workers, Petastorm, MLflow lineage, checkpoints,
+"""Distributed training from the tiles table: two workers (TorchDistributor, the default backend, in the
+session; each backend on local-cluster in the killed-run test), Petastorm, MLflow lineage, checkpoints,
 registration of the best epoch, evaluation and the promotion gate, resuming a run.
 
 One histology model is trained once for the module (``trained``) on the session's tiled corpus, in an
@@ -95,8 +96,11 @@ def resumed(spark: SparkSession, trained_once: SimpleNamespace) -> SimpleNamespa
     return SimpleNamespace(settings=longer, result=result)
 
 
-def test_two_horovod_workers_train_from_a_pinned_tiles_version(trained: SimpleNamespace) -> None:
+def test_two_workers_of_the_default_backend_train_from_a_pinned_tiles_version(
+    trained: SimpleNamespace,
+) -> None:
     result, data = trained.result, trained.data
+    assert trained.settings.train.backend == "torch_distributor"
     assert sum(data.counts["train"].values()) > 0 and data.train_files
     assert [r["epoch"] for r in result["history"]] == [1, 2]
     assert all(r["images_per_s"] > 0 for r in result["history"])
