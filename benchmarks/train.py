@@ -37,7 +37,8 @@ Then, on the same training tiles, in the same run, it measures:
     Petastorm's own Spark route on the same tiles: ``petastorm.spark.make_spark_converter`` of the task's
     training rows of the tiles table (columns ``pixels``, ``label``; the cache under the run's work
     folder), its copy (materialisation) timed, then ``converter.make_torch_dataloader`` (its default
-    row-wise ``DataLoader``, the same reader threads and shuffling buffer as the product) with a
+    row-wise ``DataLoader``, the product's reader threads, a shuffling buffer of 4 batches: without one
+    its rows come in file order; the product shuffles rows in its own gather instead) with a
     ``TransformSpec`` that decodes the PNGs to uint8 and the labels to class indices, and the plain loop's
     training step on each batch, in this process (1 process, ``cores`` torch threads); one untimed epoch
     of steps, then the same number of timed steps as ``plain``. Reported with the copy time added to the

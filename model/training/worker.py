@@ -105,24 +105,30 @@ def validation_auc(probabilities: Any, targets: Any) -> float:
     )
 
 
-def task_batches(batches: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[Any, Any]]:
+def task_batches(
+    batches: Iterator[dict[str, Any]], size: int, generator: Any = None
+) -> Iterator[tuple[Any, Any]]:
     """Batches of exactly ``size`` task rows, gathered across the reader's batches.
 
-    The reader's batches also carry rows of other splits and collections (marked ``IGNORE`` by the
-    transform), so one of its batches holds fewer task rows than ``size``; rows left over after a batch
-    is full start the next one, so nothing read is lost and ``steps_per_epoch`` full batches cover about
-    every training tile of the shard once.
+    The reader's batches may also carry rows outside the task (marked ``IGNORE`` by the transform), so
+    one of its batches holds fewer task rows than ``size``; rows left over after a batch is full start
+    the next one, so nothing read is lost and ``steps_per_epoch`` full batches cover about every training
+    tile of the shard once. With a ``generator`` the task rows of each reader batch are taken in a random
+    order (one gather, which dropping the ignored rows needs anyway): the shuffle within row groups, on
+    top of the reader's shuffled row groups and the table's hashed row order.
     """
     import torch
 
     images, targets, have = [], [], 0
     for batch in batches:
-        wanted = batch["target"] != IGNORE
-        if not bool(wanted.any()):
+        wanted = torch.nonzero(batch["target"] != IGNORE).flatten()
+        if not len(wanted):
             continue
+        if generator is not None:
+            wanted = wanted[torch.randperm(len(wanted), generator=generator)]
         images.append(batch["image"][wanted])
         targets.append(batch["target"][wanted])
-        have += int(wanted.sum())
+        have += len(wanted)
         while have >= size:
             image, target = torch.cat(images), torch.cat(targets)
             yield image[:size], target[:size]
@@ -149,12 +155,13 @@ def training_batches(plan: TrainPlan, rank: int, size: int, threads: int = 1) ->
     """Worker ``rank`` of ``size``: its shard of the training files through Petastorm, endlessly, as
     batches of ``plan.batch_size`` task rows: ``uint8`` (n, 3, s, s) tiles and their class indices.
 
-    The reader decodes in ``threads`` threads and holds few row groups at once (its results queue and
-    the loader's shuffling buffer are sized in row groups, not in the whole shard), so a worker's memory
-    does not grow with the table.
+    The reader decodes in ``threads`` threads and holds few row groups at once (its results queue is
+    sized in row groups, not in the whole shard), so a worker's memory does not grow with the table.
+    Shuffling: row groups in a new random order every pass, rows within each in a random order
+    (:func:`task_batches`); Petastorm's own shuffling buffer is not used (it copied its whole buffer on
+    every add: most of the reader's CPU in ``benchmarks/train.py``).
     """
     from petastorm import make_batch_reader
-    from petastorm.pytorch import BatchedDataLoader
 
     spec = ReaderSpec("train", plan.task, plan.tile_input, rule=plan.rule)
     reader = make_batch_reader(
@@ -169,10 +176,16 @@ def training_batches(plan: TrainPlan, rank: int, size: int, threads: int = 1) ->
         transform_spec=make_transform(spec),
     )
     try:
-        loader = BatchedDataLoader(
-            reader, batch_size=plan.batch_size, shuffling_queue_capacity=4 * plan.batch_size
+        import torch
+
+        # Whole row groups straight from the reader (uint8 arrays, wrapped without a copy): a
+        # BatchedDataLoader would re-batch them by concatenating, which task_batches does anyway.
+        row_groups = (
+            {"image": torch.from_numpy(group.image), "target": torch.from_numpy(group.target)}
+            for group in reader
         )
-        yield task_batches(iter(loader), plan.batch_size)
+        generator = torch.Generator().manual_seed(plan.seed * 1000 + rank)
+        yield task_batches(row_groups, plan.batch_size, generator)
     finally:
         # stop + join is what the reader's context manager does, less its cache clean-up: there is no
         # cache, and the clean-up prints "Cache cleanup complete." on every worker.
