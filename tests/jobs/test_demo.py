@@ -1,6 +1,6 @@
 """The end-to-end demo on the ``tiny`` profile, as a user runs it, and the notebooks run against its output.
 
-One demo run (its own process and JVMs: synth -> ingest -> tile -> train with 2 Horovod workers ->
+One demo run (its own process and JVMs: synth -> ingest -> tile -> train with 2 workers ->
 evaluate -> score) in a temporary folder, then checks of what a user is promised at its end: a
 registered model per task with its report, champions, predictions for the test split and the landing
 folder, and that what it printed is readable: no Python warning from a third-party package and under
