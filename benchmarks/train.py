@@ -307,19 +307,28 @@ def petastorm_converter(
 
 
 def decoders(pngs: list[bytes], size: int) -> dict[str, float]:
-    """ms per tile of each PNG decoder over the tiles, checked against ``decode_png``."""
+    """ms per tile of each PNG decoder over the tiles, checked against ``decode_png``.
+
+    torchvision is not part of the pinned stack (nothing else needs it): ``pip install --no-deps
+    torchvision==0.20.1`` (the release matching torch 2.5.1) to include it; without it it is skipped.
+    """
     from PIL import Image
-    from torchvision.io import decode_png as torchvision_decode
 
     def pillow(png: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(png)) as image:
             return np.array(image)
 
-    def torchvision(png: bytes) -> np.ndarray:
-        pixels = torchvision_decode(torch.frombuffer(bytearray(png), dtype=torch.uint8)).numpy()
-        return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    candidates = {"imagecodecs": decode_png, "pillow": pillow}
+    try:
+        from torchvision.io import decode_png as torchvision_decode
 
-    candidates = {"imagecodecs": decode_png, "pillow": pillow, "torchvision": torchvision}
+        def torchvision(png: bytes) -> np.ndarray:
+            pixels = torchvision_decode(torch.frombuffer(bytearray(png), dtype=torch.uint8)).numpy()
+            return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+
+        candidates["torchvision"] = torchvision
+    except ImportError:
+        print("decoders: torchvision is not installed; its decoder is left out", flush=True)
     repeat = -(-DECODE_TILES // len(pngs))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
