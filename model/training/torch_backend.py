@@ -45,6 +45,8 @@ class TorchCollective:
 
         # DDP broadcasts rank 0's parameters and buffers when it wraps the network; the optimizer state
         # (momentum, after a resume) is rank 0's too.
+        if self.size == 1:  # nothing to average: DDP's bucketed allreduce with itself only costs time
+            return net, optimizer
         state = self.share(optimizer.state_dict() if self.rank == 0 else None, "optimizer_state")
         if self.rank != 0:
             optimizer.load_state_dict(state)
