@@ -180,10 +180,10 @@ def training_batches(plan: TrainPlan, rank: int, size: int, threads: int = 1) ->
 
         # Whole row groups straight from the reader (uint8 arrays, wrapped without a copy): a
         # BatchedDataLoader would re-batch them by concatenating, which task_batches does anyway.
-        row_groups = (
-            {"image": torch.from_numpy(group.image), "target": torch.from_numpy(group.target)}
-            for group in reader
-        )
+        def tensor(array: Any) -> Any:  # Arrow hands some columns over read-only; torch wants to own them
+            return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+        row_groups = ({"image": tensor(group.image), "target": tensor(group.target)} for group in reader)
         generator = torch.Generator().manual_seed(plan.seed * 1000 + rank)
         yield task_batches(row_groups, plan.batch_size, generator)
     finally:
