@@ -52,7 +52,7 @@ class EpochLog:
     """Shows on the driver each epoch rank 0 finishes, from the checkpoint directory (which the driver
     reads anyway): on a cluster a worker's own output reaches only its executor's log."""
 
-    def __init__(self, directory: Path, epochs: int, every_s: float = 1.0) -> None:
+    def __init__(self, directory: Path, epochs: int, every_s: float = 0.5) -> None:
         import threading
 
         from model.training.common import epoch_log_path

@@ -247,12 +247,16 @@ def _end_epoch(
     state["history"].append(record)
     if (not math.isnan(auc) and auc > state["best_auc"]) or state["best_epoch"] < 0:
         state["best_auc"], state["best_epoch"] = (auc if not math.isnan(auc) else -1.0), epoch
-        torch.save({"model": net.state_dict(), "epoch": epoch}, best_path(plan.checkpoint_dir))
+        best = best_path(plan.checkpoint_dir)
+        torch.save({"model": net.state_dict(), "epoch": epoch}, best.with_suffix(".partial"))
+        os.replace(best.with_suffix(".partial"), best)
     state["epoch"] = epoch
-    torch.save(
-        {"model": net.state_dict(), "optimizer": optimizer.state_dict(), **state},
-        checkpoint_path(plan.checkpoint_dir, epoch),
-    )
+    # Written under a temporary name, then renamed: a run killed mid-write leaves no torn checkpoint for
+    # --resume to pick up.
+    final = checkpoint_path(plan.checkpoint_dir, epoch)
+    partial = final.with_suffix(".partial")
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), **state}, partial)
+    os.replace(partial, final)
     # The driver prints this (model.training.runner.EpochLog): on a cluster, a worker's output only
     # reaches its executor's log.
     with open(epoch_log_path(plan.checkpoint_dir), "a") as log:

@@ -217,7 +217,7 @@ def test_the_model_learns_on_the_tiny_profile(spark: SparkSession, tmp_path: Pat
     breakhis.generate(root, 150, size, 0, np.random.default_rng(7), lambda _: None)
     settings = module_settings(str(tmp_path / "lake"), tmp_path)
     ingest_collections(spark, settings, {"breakhis": str(root)}, b"learns")
-    tile_images(spark, settings, files=4)
+    tile_images(spark, settings)
     tiles_table = settings.lakehouse.table("tiles")
     data = task_data(spark, tiles_table, current_version(spark, tiles_table), TASK)
     assert set(data.counts["test"]) == {"benign", "malignant"}
@@ -259,7 +259,10 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
     lake = Path(tiles.lakehouse.root)
     args = ["train", "--config", "tiny", "--task", TASK.name, "--set", f"lakehouse.root={lake}"]
     args += ["--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-    args += ["--set", "train.model_prefix=kill-test-", "--set", "train.epochs=3", "--set", "train.patience=5"]
+    # Epochs of the tiny corpus take seconds: enough of them that the kill lands mid-run.
+    epochs = 8
+    args += ["--set", "train.model_prefix=kill-test-", "--set", f"train.epochs={epochs}"]
+    args += ["--set", f"train.patience={epochs + 1}"]
     args += ["--set", "spark.master=local-cluster[2,1,1024]", "--set", f"train.backend={backend}"]
     args += ["--set", "train.num_proc=2"]
     process = subprocess.Popen(
@@ -275,7 +278,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
         seen.append(line)
         found = re.search(r"--resume (\w+)", line)
         run_id = found.group(1) if found else run_id
-        if "train: epoch 1/3 loss" in line:
+        if f"train: epoch 1/{epochs} loss" in line:
             # Everything under the driver: Spark's Python workers leave its process group (PySpark's
             # daemon makes its own), and a surviving Horovod worker would go on writing checkpoints.
             doomed = psutil.Process(process.pid).children(recursive=True)
@@ -290,20 +293,19 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
     assert run_id is not None
     checkpoints = lake / "checkpoints" / run_id
     done = sorted(p.name for p in checkpoints.glob("epoch-*.pt"))
-    assert done and done[0] == "epoch-001.pt" and len(done) < 3
+    assert done and done[0] == "epoch-001.pt" and len(done) < epochs
 
     result = oncolake(*args, "--resume", run_id)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming after epoch {len(done)}" in result.stdout + result.stderr
     assert sorted(p.name for p in checkpoints.glob("epoch-*.pt")) == [
-        "epoch-001.pt",
-        "epoch-002.pt",
-        "epoch-003.pt",
+        f"epoch-{e:03d}.pt" for e in range(1, epochs + 1)
     ]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient()
     steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
-    assert sorted(steps) == [1, 2, 3]  # epoch 1 logged once, by the resumed run (no epoch repeated)
+    # Every epoch logged once, by the resumed run (no epoch repeated).
+    assert sorted(steps) == list(range(1, epochs + 1))
     run = client.get_run(run_id)
     assert run.data.params["train.backend"] == backend and run.data.params["num_proc"] == "2"
     [version] = client.search_model_versions(f"name = 'kill-test-{TASK.name}'")
