@@ -301,8 +301,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(
     assert sorted(p.name for p in checkpoints.glob("epoch-*.pt")) == [
         f"epoch-{e:03d}.pt" for e in range(1, epochs + 1)
     ]
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client = MlflowClient()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # earlier tests set a registry URI
     steps = [m.step for m in client.get_metric_history(run_id, "val_auc")]
     # Every epoch logged once, by the resumed run (no epoch repeated).
     assert sorted(steps) == list(range(1, epochs + 1))
