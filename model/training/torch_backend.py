@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from model.training.common import TrainPlan
-from model.training.worker import train_loop
+from model.training.worker import run_in_group
 
 GLOO_TIMEOUT_S = 120  # how long a collective waits for a missing peer before the run fails
 
@@ -71,10 +71,4 @@ class TorchCollective:
 
 def torch_worker(plan: TrainPlan) -> dict[str, Any]:
     """One process's training run (:func:`train_loop` over a :class:`TorchCollective`)."""
-    from core.quiet import quiet
-
-    quiet()
-    group = TorchCollective()
-    result = train_loop(plan, group)
-    group.close()  # not on failure: the run fails anyway, and a shutdown could wait on a dead peer
-    return result
+    return run_in_group(plan, TorchCollective)

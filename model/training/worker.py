@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -336,12 +336,17 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
     return state if rank == 0 else {}
 
 
-def train_worker(plan: TrainPlan) -> dict[str, Any]:
-    """One Horovod worker's training run (:func:`train_loop` over a :class:`HorovodCollective`)."""
+def run_in_group(plan: TrainPlan, join: Callable[[], Collective]) -> dict[str, Any]:
+    """One process's training run: quiet third-party warnings, ``join`` the group, :func:`train_loop`."""
     from core.quiet import quiet
 
     quiet()
-    group = HorovodCollective()
+    group = join()
     result = train_loop(plan, group)
     group.close()  # not on failure: the run fails anyway, and a shutdown could wait on a dead peer
     return result
+
+
+def train_worker(plan: TrainPlan) -> dict[str, Any]:
+    """One Horovod worker's training run (:func:`train_loop` over a :class:`HorovodCollective`)."""
+    return run_in_group(plan, HorovodCollective)
