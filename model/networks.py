@@ -4,6 +4,12 @@ Both take float32 tiles (N, 3, S, S), normalised to about zero mean and unit var
 pipeline (:class:`model.data.TileInput`), and return logits (N, num_classes). S is ``tiles.size``; the
 shapes below are for the paper's 224. Each ends in an adaptive pooling, so it takes any size its
 convolutions and pools leave at least one pixel of: :func:`input_size_error` says whether one can.
+
+:func:`build_network` lays the weights out channels-last (NHWC) and each network's ``forward`` turns its
+input the same way: on CPU, oneDNN's convolutions run on that layout without reordering, which made a
+training step of ``compact`` 25% cheaper and its forward pass twice as fast on one core (14.4 -> 10.8 and
+6.2 -> 2.8 CPU ms per 224x224 tile, batch 32; docs/benchmarks.md). Values are unchanged: a state dict
+loads into either layout.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class AlexNetLike(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
@@ -86,6 +93,7 @@ class CompactCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.classifier(self.pool(self.features(x)))
 
 
@@ -110,8 +118,8 @@ def _entry(name: str) -> Network:
 
 
 def build_network(name: str, num_classes: int) -> nn.Module:
-    """The network called ``name`` with ``num_classes`` outputs."""
-    return _entry(name).factory(num_classes)
+    """The network called ``name`` with ``num_classes`` outputs, its weights channels-last."""
+    return _entry(name).factory(num_classes).to(memory_format=torch.channels_last)
 
 
 def input_size_error(name: str, size: int) -> str | None:

@@ -73,6 +73,13 @@ class HorovodCollective:
         return self.hvd.broadcast_object(value, root_rank=0, name=name)
 
     def start(self, net: Any, optimizer: Any) -> tuple[Any, Any]:
+        import torch
+
+        if self.size == 1:  # nothing to average or broadcast
+            return net, optimizer
+        # Horovod's collectives take contiguous (NCHW) tensors only: the channels-last weights (and so
+        # their gradients) go back to NCHW, in place (the optimizer keeps the same parameters).
+        net.to(memory_format=torch.contiguous_format)
         self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         return net, self.hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
