@@ -150,8 +150,10 @@ class AugmentSettings(Section):
 class AggregationSettings(Section):
     """Tile scores -> image score -> patient score; recorded on every registered model version."""
 
-    rule: Literal["top_k_mean"]
+    # auto: chosen per model on its validation split among core.aggregation's candidates; or a fixed rule.
+    rule: Literal["auto", "max", "top_k_mean", "noisy_or", "mean"]
     image_top_k: int = Field(ge=1)
+    patient_rule: Literal["auto", "max", "top_k_mean", "noisy_or", "mean"]
     patient_top_k: int = Field(ge=1)
 
 
@@ -195,6 +197,11 @@ class EvaluateSettings(Section):
     threshold_rule: Literal["sensitivity", "youden"]
     target_sensitivity: float = Field(gt=0, le=1)
     bootstrap_rounds: int = Field(ge=10)
+    # The promotion gate (model/promotion.py): a version becomes champion only when its patient-level
+    # test AUC reaches min_auc, the lower end of its 95% interval is above 0.5 and, when a champion
+    # exists, the paired-bootstrap interval of the AUC difference lies above promotion_margin.
+    min_auc: float = Field(ge=0, le=1)
+    promotion_margin: float = Field(ge=-1, le=1)
     # Reports are written under <lakehouse.root>/<reports>/<model name>/v<version>/.
     reports: str
 

@@ -4,13 +4,20 @@ Temperature scaling divides the logits by one scalar T fitted to minimise the va
 log-likelihood: it fixes over-confidence without changing the ranking (so AUC is unchanged). The
 threshold on the positive class's calibrated probability is chosen by a rule on the validation split
 (default: the highest threshold that still reaches a target sensitivity), so the test split is touched once.
+The tile -> image and image -> patient aggregation rules, when configured ``auto``, are chosen on the same
+validation scores (:func:`choose_aggregation`), before the threshold, which is chosen under them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
+
+from core.aggregation import AggregationRule
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -51,3 +58,57 @@ def choose_threshold(
     positives = np.sort(scores[positive])[::-1]
     needed = int(np.ceil(target_sensitivity * len(positives)))
     return float(positives[max(needed, 1) - 1])
+
+
+# Candidates tried when a rule is ``auto``, in order of preference on a tie: (rule, top_k).
+IMAGE_CANDIDATES = (("max", 1), ("top_k_mean", 2), ("top_k_mean", 3), ("noisy_or", 1), ("mean", 1))
+PATIENT_CANDIDATES = (("max", 1), ("mean", 1), ("noisy_or", 1))
+
+
+def choose_aggregation(
+    tiles: pd.DataFrame, task: Any, rule: str, image_top_k: int, patient_rule: str, patient_top_k: int
+) -> tuple[AggregationRule, list[dict[str, Any]]]:
+    """The tile -> image and image -> patient rules, each fixed or (``auto``) chosen on validation scores.
+
+    The image rule is the candidate (:data:`IMAGE_CANDIDATES`) with the highest image-level validation
+    AUC, then the patient rule (:data:`PATIENT_CANDIDATES`) the one with the highest patient-level
+    validation AUC under it; ties go to the earlier candidate. When the validation split cannot give an
+    AUC (one class only) an ``auto`` rule falls back to ``top_k_mean`` with the configured ``top_k``.
+
+    Args:
+        tiles: scored validation tiles (:func:`model.evaluation.score_split`).
+        task: the task (:class:`core.tasks.Task`).
+        rule, image_top_k, patient_rule, patient_top_k: the ``aggregation`` settings.
+
+    Returns:
+        The rule, and one row per candidate tried: ``level``, ``rule``, ``top_k``, ``auc``, ``chosen``.
+    """
+    from model.evaluation import level_frames
+    from model.metrics import auc
+
+    tried: list[dict[str, Any]] = []
+
+    def pick(level: str, candidates: tuple[tuple[str, int], ...], build: Any) -> AggregationRule | None:
+        scored = []
+        for name, top_k in candidates:
+            frame = level_frames(tiles, task, build(name, top_k))[level]
+            value = auc(frame["target"].to_numpy(), frame["score"].to_numpy())
+            scored.append((name, top_k, value))
+            tried.append({"level": level, "rule": name, "top_k": top_k, "auc": value, "chosen": False})
+        valid = [s for s in scored if not np.isnan(s[2])]
+        if not valid:
+            return None
+        best = max(valid, key=lambda s: s[2])  # max keeps the first of equal values
+        tried[len(tried) - len(scored) + scored.index(best)]["chosen"] = True
+        return build(best[0], best[1])
+
+    image = AggregationRule(rule, image_top_k, patient_top_k, "max") if rule != "auto" else None
+    if image is None:
+        image = pick("image", IMAGE_CANDIDATES, lambda n, k: AggregationRule(n, k, 1, "max"))
+        image = image or AggregationRule("top_k_mean", image_top_k, 1, "max")
+    if patient_rule != "auto":
+        return AggregationRule(image.rule, image.image_top_k, patient_top_k, patient_rule), tried
+    chosen = pick(
+        "patient", PATIENT_CANDIDATES, lambda n, k: AggregationRule(image.rule, image.image_top_k, k, n)
+    )
+    return chosen or AggregationRule(image.rule, image.image_top_k, patient_top_k, "top_k_mean"), tried

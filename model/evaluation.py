@@ -90,7 +90,7 @@ def level_frames(tiles: pd.DataFrame, task: Task, rule: AggregationRule) -> dict
     images = images[images["image_label"].isin(list(task.label_map))]
     images = images.assign(target=_positive_target(images["image_label"], task), score=images[score])
     keyed = images.assign(patient=images["collection"] + "/" + images["patient_key"])
-    patients = aggregate(keyed, "patient", task.classes, task.positive, rule.patient_top_k)
+    patients = aggregate(keyed, "patient", task.classes, task.positive, rule.patient_top_k, rule.patient_rule)
     truth = keyed.groupby("patient").agg(target=("target", "max"), collection=("collection", "first"))
     patients = patients.join(truth, on="patient")
     patients = patients.assign(patient_key=patients["patient"], score=patients[score])

@@ -93,10 +93,14 @@ def _history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def patient_auc(table: pd.DataFrame) -> float:
-    """The figure the promotion gate compares: patient-level AUC over all the task's collections."""
+def patient_auc(table: pd.DataFrame) -> tuple[float, float, float]:
+    """The figures the promotion gate reads: patient-level AUC over all the task's collections and its
+    95% interval (NaN when undefined)."""
     row = table[(table["level"] == "patient") & (table["collection"] == "all")]
-    return float(row["auc"].iloc[0]) if not row.empty and "auc" in row else float("nan")
+    if row.empty or "auc" not in row:
+        return float("nan"), float("nan"), float("nan")
+    first = row.iloc[0]
+    return float(first["auc"]), float(first.get("auc_low", math.nan)), float(first.get("auc_high", math.nan))
 
 
 def score_version(
@@ -134,8 +138,7 @@ def model_card(task: Task, version: Any, table: pd.DataFrame, settings: Any, dec
         "",
         f"Threshold {registry.threshold(version):.4f} ({tags.get('threshold.rule', '')}); "
         f"calibration temperature {tags.get('calibration.temperature', '')} (validation split).",
-        f"Aggregation: {rule.rule}, image = top {rule.image_top_k} tiles, patient = top "
-        f"{rule.patient_top_k} images.",
+        f"Aggregation: {rule.describe()}, chosen on {tags.get('aggregation.chosen_on', 'configuration')}.",
         f"Data: {tags.get('lineage.table', '')} version {tags.get('lineage.version', '')}; "
         f"split by patient, linked re-releases kept together.",
         f"Training: network {settings.train.network}, {settings.train.epochs} epochs max, "
@@ -181,13 +184,37 @@ def external_table(
     return figures_frame(figures(levels, external, threshold, rounds))
 
 
-def _champion_auc(name: str, champion: str, data: TaskData, task: Task, rounds: int) -> float:
-    """The champion's patient-level AUC on the challenger's test split, at its own threshold and rule."""
+def compare_with_champion(
+    name: str, champion: str, data: TaskData, task: Task, patients: pd.DataFrame, rounds: int
+) -> promotion.Comparison:
+    """The champion re-scored on the challenger's test split (its own threshold and rule), and the
+    paired-bootstrap AUC difference challenger - champion over the test patients both scored.
+
+    Args:
+        patients: the challenger's patient level (:func:`model.evaluation.level_frames`).
+    """
+    from model.metrics import paired_auc_difference
+
     version = registry.find_version(name, version=champion)
     uri = f"models:/{name}/{champion}"
     aggregation = registry.aggregation(version)
-    *_, table = score_version(uri, data, task, registry.threshold(version), rounds, aggregation)
-    return patient_auc(table)
+    _, levels, table = score_version(uri, data, task, registry.threshold(version), rounds, aggregation)
+    paired = patients.merge(levels["patient"][["patient", "score"]], on="patient", suffixes=("", "_champion"))
+    result = paired_auc_difference(
+        paired["target"].to_numpy(),
+        paired["score"].to_numpy(),
+        paired["score_champion"].to_numpy(),
+        paired["patient"].to_numpy(),
+        rounds,
+    )
+    return promotion.Comparison(
+        champion, patient_auc(table)[0], result["difference"], result["low"], result["high"], len(paired)
+    )
+
+
+def gate(settings: Any) -> promotion.Gate:
+    """The promotion gate's settings."""
+    return promotion.Gate(settings.evaluate.min_auc, settings.evaluate.promotion_margin)
 
 
 def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: str) -> dict[str, Any]:
@@ -205,14 +232,14 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
     subgroups = figures_frame(subgroup_figures(images, attributes, threshold, max(10, rounds // 5)))
 
     champion = registry.alias_version(name, registry.CHAMPION, client)
-    champion_auc = None
+    auc, low, high = patient_auc(table)
     if champion == str(version):
-        champion_auc = patient_auc(table)
-        decision = promotion.Decision(True, champion_auc, champion, champion_auc, "already the champion")
+        decision = promotion.Decision(True, auc, low, high, None, (), "already the champion", gate(settings))
     else:
+        comparison = None
         if champion is not None:
-            champion_auc = _champion_auc(name, champion, data, task, rounds)
-        decision = promotion.decide(patient_auc(table), champion, champion_auc)
+            comparison = compare_with_champion(name, champion, data, task, levels["patient"], rounds)
+        decision = promotion.decide(auc, low, high, comparison, gate(settings))
         promotion.record(name, str(version), decision, client)
 
     folder = Path(settings.lakehouse.root) / settings.evaluate.reports / name / f"v{version}"
@@ -221,10 +248,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         f"data: {data.table} @ version {data.version}; counts {json.dumps(data.counts, sort_keys=True)}",
         f"threshold {threshold:.4f} ({tags.get('threshold.rule', '')}); temperature "
         f"{tags.get('calibration.temperature', '')}",
-        f"promotion: {decision.tags()['promotion.decision']} — {decision.reason} (challenger patient AUC "
-        f"{decision.challenger_auc:.3f}, champion {('v' + champion) if champion else 'none'}"
-        + (f" at {champion_auc:.3f}" if champion_auc is not None else "")
-        + ")",
+        f"promotion: {decision.summary()}",
     ]
     notes = [task.warning] if task.warning else []
     report = Report(

@@ -133,11 +133,30 @@ def score_images(
         try:
             model = scoring_model(settings, task_name, alias, version)
         except (VersionNotFound, VersionIncomplete) as exc:
-            summary.skipped.append(str(exc))
-            echo(f"score: {exc}: skipped")
+            why = no_champion(settings, task_name) if alias == CHAMPION and version is None else str(exc)
+            summary.skipped.append(why)
+            echo(f"score: {why}: nothing scored for {task_name}")
             continue
         _score_task(spark, settings, model, TASKS[task_name].modality, sources, dry_run, summary, echo)
     return summary
+
+
+def no_champion(settings: Settings, task_name: str) -> str:
+    """Why a task has no champion: no version yet, none evaluated yet, or the gate's reason for the latest."""
+    from mlflow import MlflowClient
+
+    name = model_name(settings, task_name)
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    if not versions:
+        return f"task {task_name} has no champion: {name} has no registered version (run 'oncolake train')"
+    latest = max(versions, key=lambda v: int(v.version))
+    reason = latest.tags.get("promotion.reason")
+    if not reason:
+        return (
+            f"task {task_name} has no champion: {name} v{latest.version} is not evaluated yet "
+            "(run 'oncolake evaluate')"
+        )
+    return f"task {task_name} has no champion: the promotion gate refused {name} v{latest.version} ({reason})"
 
 
 def scoring_model(

@@ -9,20 +9,16 @@ evaluation. The leakage audit's model is never registered: :func:`audit_figures`
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.aggregation import AggregationRule
 from core.tasks import Task
-from model.calibration import choose_threshold, fit_temperature
+from model.calibration import choose_aggregation, choose_threshold, fit_temperature
 from model.data import TileInput
 from model.training.common import TaskData, best_path, validation_logits
-
-
-def aggregation_rule(settings: Any) -> AggregationRule:
-    """The configured tile -> image -> patient rule (``aggregation``)."""
-    return AggregationRule(**settings.aggregation.model_dump())
 
 
 @dataclass(frozen=True)
@@ -35,6 +31,9 @@ class Calibrated:
     temperature: float
     threshold: float
     rule: str
+    aggregation: AggregationRule
+    trials: tuple[dict[str, Any], ...] = ()
+    """The aggregation candidates tried on validation (:func:`model.calibration.choose_aggregation`)."""
 
     def predict(self, classes: int, batch_size: int) -> Any:
         from model.inference import predict_tiles
@@ -47,9 +46,10 @@ class Calibrated:
 def calibrate(settings: Any, task: Task, data: TaskData, directory: Path) -> Calibrated:
     """Load the best epoch and fit its temperature and threshold on the validation split only.
 
-    The temperature is fitted on the labelled validation tiles; the decision threshold by the configured
-    rule (``evaluate.threshold_rule``) on validation *image* scores, aggregated from tiles by the
-    configured aggregation rule exactly as scoring does, since scoring applies it to images.
+    The temperature is fitted on the labelled validation tiles; the aggregation rules are chosen on the
+    calibrated validation scores (:func:`model.calibration.choose_aggregation`, when ``auto``); the
+    decision threshold by the configured rule (``evaluate.threshold_rule``) on validation *image* scores,
+    aggregated from tiles by the chosen rule exactly as scoring does, since scoring applies it to images.
     """
     import torch
 
@@ -61,9 +61,12 @@ def calibrate(settings: Any, task: Task, data: TaskData, directory: Path) -> Cal
     net.load_state_dict(weights)
     batch, tile_input = settings.train.batch_size, TileInput.from_settings(settings)
     logits, targets = validation_logits(net, data.val_files, task, tile_input, batch, data.rule)
-    fitted = Calibrated(net, weights, tile_input, fit_temperature(logits, targets), 0.5, "")
+    fitted = Calibrated(
+        net, weights, tile_input, fit_temperature(logits, targets), 0.5, "", AggregationRule()
+    )
     scores = score_split(data.val_files, task, "val", fitted.predict(len(task.classes), batch), data.rule)
-    images = level_frames(scores, task, aggregation_rule(settings))["image"]
+    chosen, trials = choose_aggregation(scores, task, **settings.aggregation.model_dump())
+    images = level_frames(scores, task, chosen)["image"]
     rule = settings.evaluate
     threshold = choose_threshold(
         images["target"].to_numpy(), images["score"].to_numpy(), rule.threshold_rule, rule.target_sensitivity
@@ -73,7 +76,9 @@ def calibrate(settings: Any, task: Task, data: TaskData, directory: Path) -> Cal
         if rule.threshold_rule == "sensitivity"
         else f"image-level validation Youden index on p_{task.positive}"
     )
-    return Calibrated(net, weights, tile_input, fitted.temperature, threshold, described)
+    return Calibrated(
+        net, weights, tile_input, fitted.temperature, threshold, described, chosen, tuple(trials)
+    )
 
 
 def audit_figures(settings: Any, task: Task, data: TaskData, directory: Path) -> Any:
@@ -83,7 +88,7 @@ def audit_figures(settings: Any, task: Task, data: TaskData, directory: Path) ->
     fitted = calibrate(settings, task, data, directory)
     predict = fitted.predict(len(task.classes), settings.train.batch_size)
     tiles = score_split(data.test_files, task, "test", predict, data.rule)
-    levels = level_frames(tiles, task, aggregation_rule(settings))
+    levels = level_frames(tiles, task, fitted.aggregation)
     return figures_frame(figures(levels, task, fitted.threshold, settings.evaluate.bootstrap_rounds))
 
 
@@ -114,7 +119,14 @@ def register_best(settings: Any, task: Task, data: TaskData, directory: Path, st
         "calibration.temperature": f"{temperature:.4f}",
         "threshold": f"{threshold:.6f}",
         "threshold.rule": described,
-        **aggregation_rule(settings).tags(),
+        **fitted.aggregation.tags(),
+        "aggregation.chosen_on": "validation" if fitted.trials else "configuration",
+        "aggregation.validation_auc": json.dumps(
+            {
+                f"{t['level']}:{t['rule']}:{t['top_k']}": None if math.isnan(t["auc"]) else round(t["auc"], 4)
+                for t in fitted.trials
+            }
+        ),
     }
     description = (
         f"{task.name}: {', '.join(task.classes)} from {data.table}@{data.version} "

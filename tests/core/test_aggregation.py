@@ -3,11 +3,13 @@ renormalised class means for more, patients by their most suspicious image, and 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from core.aggregation import AggregationRule, aggregate
+from core.aggregation import AggregationRule, aggregate, combine
 
 BINARY = ("benign", "malignant")
 
@@ -77,15 +79,39 @@ def test_a_patient_is_as_suspicious_as_its_most_suspicious_image() -> None:
 
 
 def test_the_rule_round_trips_through_model_version_tags() -> None:
-    rule = AggregationRule("top_k_mean", image_top_k=5, patient_top_k=2)
+    rule = AggregationRule("noisy_or", image_top_k=5, patient_top_k=2, patient_rule="mean")
     tags = rule.tags()
     assert tags == {
-        "aggregation.rule": "top_k_mean",
+        "aggregation.rule": "noisy_or",
         "aggregation.image_top_k": "5",
+        "aggregation.patient_rule": "mean",
         "aggregation.patient_top_k": "2",
     }
     assert all(isinstance(v, str) for v in tags.values())  # MLflow tags are strings
     assert AggregationRule.from_tags({**tags, "threshold": "0.4"}) == rule
+    # Versions registered before patient rules existed: their patients were the top-k mean of images.
+    del tags["aggregation.patient_rule"]
+    assert AggregationRule.from_tags(tags).patient_rule == "top_k_mean"
+
+
+def test_every_rule_by_hand() -> None:
+    values = np.array([0.5, 0.1, 0.2, 0.8])
+    assert combine(values, "max") == 0.8
+    assert combine(values, "mean") == pytest.approx(0.4)
+    assert combine(values, "top_k_mean", 2) == pytest.approx(0.65)
+    assert combine(values, "top_k_mean", 9) == pytest.approx(0.4)
+    assert combine(values, "noisy_or") == pytest.approx(1 - 0.5 * 0.9 * 0.8 * 0.2)
+    assert combine(np.array([1.0, 0.3]), "noisy_or") == pytest.approx(1.0)
+    assert math.isnan(combine(np.array([]), "max"))
+    tiles = _tiles({"i1": [0.9, 0.7, 0.1], "i2": [0.2, 0.3]})
+    rule = AggregationRule("noisy_or", patient_rule="mean")
+    images = rule.images(tiles, BINARY, "malignant")
+    assert images["p_malignant"].tolist() == pytest.approx([1 - 0.1 * 0.3 * 0.9, 1 - 0.8 * 0.7])
+    images["patient_key"] = ["p1", "p1"]
+    assert rule.patients(images, BINARY, "malignant")["p_malignant"].iloc[0] == pytest.approx(
+        images["p_malignant"].mean()
+    )
+    assert "noisy-OR of its tiles" in rule.describe() and "mean of its images" in rule.describe()
 
 
 @pytest.mark.parametrize(
@@ -106,4 +132,6 @@ def test_unknown_rules_and_top_k_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         AggregationRule(image_top_k=0)
     with pytest.raises(ValueError, match="unknown aggregation rule"):
-        AggregationRule.from_tags({**AggregationRule().tags(), "aggregation.rule": "max"})
+        AggregationRule.from_tags({**AggregationRule().tags(), "aggregation.rule": "median"})
+    with pytest.raises(ValueError, match="unknown aggregation rule"):
+        AggregationRule(patient_rule="auto")  # "auto" is a setting, never a recorded rule

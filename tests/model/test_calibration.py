@@ -1,10 +1,19 @@
-"""Temperature scaling recovers over-confidence; the threshold rule meets its sensitivity target."""
+"""Temperature scaling recovers over-confidence; the threshold rule meets its sensitivity target; the
+aggregation rule chosen on validation suits where the signal is."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from model.calibration import calibrated, choose_threshold, fit_temperature
+from core.tasks import TASKS
+from model.calibration import (
+    IMAGE_CANDIDATES,
+    calibrated,
+    choose_aggregation,
+    choose_threshold,
+    fit_temperature,
+)
 
 
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
@@ -25,3 +34,55 @@ def test_threshold_reaches_the_target_sensitivity_and_no_more() -> None:
     sensitivity = (scores[positive == 1] >= threshold).mean()
     assert sensitivity >= 0.9 and (scores[positive == 1] >= threshold + 1e-9).mean() < 0.9
     assert choose_threshold(np.zeros(3), np.ones(3)) == 0.5
+
+
+def _scored_tiles(rng: np.random.Generator, lesion: bool) -> pd.DataFrame:
+    """Validation tiles of 40 mammograms, 20 abnormal; an abnormal image has one suspicious tile among 12
+    (``lesion``), or every tile a little more suspicious than a normal image's (a diffuse signal)."""
+    rows = []
+    for image in range(40):
+        abnormal = image % 2 == 1
+        scores = rng.uniform(0.0, 0.6, 12)
+        if abnormal and lesion:
+            scores[0] = rng.uniform(0.7, 1.0)
+        elif abnormal:
+            scores = scores + 0.15
+        for index, score in enumerate(scores):
+            rows.append(
+                {
+                    "tile_id": f"{image}-{index}",
+                    "image_id": f"i{image}",
+                    "patient_key": f"p{image // 2}" if not lesion else f"p{image}",
+                    "modality": "mammography",
+                    "collection": "mias",
+                    "split": "val",
+                    "label": ("benign" if index == 0 else "normal") if abnormal else "normal",
+                    "image_label": "benign" if abnormal else "normal",
+                    "p_normal": 1 - score,
+                    "p_abnormal": score,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_the_aggregation_rule_is_chosen_on_validation() -> None:
+    task, rng = TASKS["mammo_normal_vs_abnormal"], np.random.default_rng(0)
+    one_lesion = _scored_tiles(rng, lesion=True)
+    rule, tried = choose_aggregation(one_lesion, task, "auto", 3, "auto", 1)
+    assert rule.rule == "max"  # one suspicious tile among twelve: the mean would drown it
+    assert [t["chosen"] for t in tried if t["level"] == "image"].count(True) == 1
+    assert {(t["rule"], t["top_k"]) for t in tried if t["level"] == "image"} == set(IMAGE_CANDIDATES)
+    chosen = next(t for t in tried if t["chosen"] and t["level"] == "image")
+    assert chosen["auc"] == max(t["auc"] for t in tried if t["level"] == "image")
+
+    diffuse = _scored_tiles(rng, lesion=False)
+    # A signal spread over every tile: a rule that pools all of them (mean, or noisy-OR, which sums
+    # log(1 - p)) beats the most suspicious tile.
+    assert choose_aggregation(diffuse, task, "auto", 3, "auto", 1)[0].rule in {"mean", "noisy_or"}
+
+    fixed, tried = choose_aggregation(one_lesion, task, "noisy_or", 3, "mean", 2)
+    assert (fixed.rule, fixed.patient_rule, fixed.patient_top_k) == ("noisy_or", "mean", 2) and tried == []
+
+    one_class = one_lesion[one_lesion["image_label"] == "normal"]
+    fallback, _ = choose_aggregation(one_class, task, "auto", 4, "auto", 1)
+    assert (fallback.rule, fallback.image_top_k, fallback.patient_rule) == ("top_k_mean", 4, "top_k_mean")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from model.metrics import auc, auc_with_interval, confusion
+from model.metrics import auc, auc_with_interval, confusion, paired_auc_difference
 
 
 def test_confusion_counts_and_ratios_by_hand() -> None:
@@ -66,3 +66,19 @@ def test_the_bootstrap_resamples_patients_not_rows() -> None:
     result = auc_with_interval(targets, scores, np.array(["p"] * 8), rounds=50)
     assert result["auc_low"] == result["auc_high"] == result["auc"] == roc_auc_score(targets, scores)
     assert result["patients"] == 1
+
+
+def test_the_paired_difference_cancels_what_both_models_share() -> None:
+    rng = np.random.default_rng(1)
+    targets = np.repeat([0, 1], 40)
+    shared = rng.normal(0, 1, 80) + targets  # both models see the same hard cases
+    better = shared + 1.5 * targets
+    same = paired_auc_difference(targets, shared, shared, np.arange(80), rounds=200)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0 and same["groups"] == 80
+    gained = paired_auc_difference(targets, better, shared, np.arange(80), rounds=200)
+    assert gained["difference"] == pytest.approx(
+        roc_auc_score(targets, better) - roc_auc_score(targets, shared)
+    )
+    assert 0 < gained["low"] < gained["difference"] < gained["high"]
+    one_class = paired_auc_difference(np.ones(6), better[:6], shared[:6], np.arange(6), rounds=50)
+    assert math.isnan(one_class["difference"]) and math.isnan(one_class["low"])

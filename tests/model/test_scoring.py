@@ -35,8 +35,7 @@ TASK_NAMES = ("histo_benign_vs_malignant", "mammo_normal_vs_abnormal")
 COLLECTIONS = ("breakhis", "mias")
 
 
-def _rule(settings: Settings) -> AggregationRule:
-    return AggregationRule(**settings.aggregation.model_dump())
+RULE = AggregationRule()  # a fixed rule, as a registered version records one (the configured one is "auto")
 
 
 def _register(
@@ -55,7 +54,7 @@ def _register(
         )
     name = model_name(settings, task_name)
     if tags is None:
-        tags = {"threshold": "0.5", "task": task_name, **_rule(settings).tags()}
+        tags = {"threshold": "0.5", "task": task_name, **RULE.tags()}
     version = register(info.model_uri, name, tags, "scoring test model")
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
     return version
@@ -152,7 +151,7 @@ def test_udf_probabilities_equal_the_models_own_output(spark: SparkSession, lake
     )
     model = mlflow.pyfunc.load_model(f"models:/{name}/{row['version']}")
     own = pd.concat([tiles[["image_id"]], model.predict(tiles[["pixels"]])], axis=1)
-    expected = _rule(lake).images(own, ("normal", "abnormal"), "abnormal").iloc[0]
+    expected = RULE.images(own, ("normal", "abnormal"), "abnormal").iloc[0]
     assert row["tiles"] == len(tiles)
     assert np.isclose(row["p_positive"], expected["p_abnormal"], atol=1e-6)
     assert np.isclose(row["probabilities"]["normal"], expected["p_normal"], atol=1e-6)
@@ -163,7 +162,7 @@ def test_a_version_without_its_threshold_or_rule_is_skipped_not_scored_with_a_de
     spark: SparkSession, lake: Settings, missing: str
 ) -> None:
     task_name = "mammo_benign_vs_malignant"  # a model of its own: the other tests' counts stay theirs
-    tags = {"threshold": "0.5", "task": task_name, **_rule(lake).tags()}
+    tags = {"threshold": "0.5", "task": task_name, **RULE.tags()}
     del tags[missing]
     version = _register(lake, task_name, 2, _example(spark, lake), tags)
     with pytest.raises(VersionIncomplete, match=f"v{version}.*{missing.split('.')[0]}"):

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from conf import Settings, load_settings
-from core.aggregation import AggregationRule
+from core.aggregation import RULES
 from core.tasks import TASKS, SplitRule
 from model import registry
 from model.data import IGNORE
@@ -122,7 +122,9 @@ def test_the_best_epoch_is_registered_as_challenger_with_calibration_and_aggrega
     assert str(registered.version) == trained.result["version"]
     assert registered.tags["lineage.version"] == str(trained.version)
     assert float(registered.tags["calibration.temperature"]) > 0 and 0 <= registry.threshold(registered) <= 1
-    assert registry.aggregation(registered) == AggregationRule(**settings.aggregation.model_dump())
+    rule = registry.aggregation(registered)  # chosen on validation: aggregation is auto by default
+    assert registered.tags["aggregation.chosen_on"] == "validation" and rule.rule in RULES
+    assert set(json.loads(registered.tags["aggregation.validation_auc"])) >= {"image:max:1", "patient:mean:1"}
     model = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHALLENGER}")
     sample = (
         read_table(spark, settings.lakehouse.table("tiles"))
@@ -136,9 +138,10 @@ def test_the_best_epoch_is_registered_as_challenger_with_calibration_and_aggrega
     assert ((probabilities.sum(axis=1) - 1).abs() < 1e-5).all()
 
 
-def test_evaluation_reports_three_levels_and_promotes_the_first_version(
+def test_evaluation_reports_three_levels_and_gates_even_the_first_version(
     trained: SimpleNamespace, evaluated: dict
 ) -> None:
+    """The tiny corpus's test split holds one patient: no AUC, so no champion, first version or not."""
     table = evaluated["figures"]
     assert set(table["level"]) == {"tile", "image", "patient"}
     overall = table[(table["collection"] == "all")].set_index("level")
@@ -148,11 +151,16 @@ def test_evaluation_reports_three_levels_and_promotes_the_first_version(
     report = evaluated["report"]
     assert report.is_file() and (report.parent / "report.html").is_file()
     assert {"roc-image.png", "confusion.png", "curves.png"} <= {p.name for p in report.parent.iterdir()}
-    assert evaluated["decision"].promoted and evaluated["decision"].reason == "no champion yet"
+    decision = evaluated["decision"]
+    assert not decision.promoted and decision.failed == ("floor", "interval")
     version = trained.result["version"]
-    assert registry.alias_version(trained.name, registry.CHAMPION) == version
+    assert registry.alias_version(trained.name, registry.CHAMPION) is None
+    tags = registry.find_version(trained.name, version=version).tags
+    assert tags["promotion.decision"] == "not promoted" and tags["promotion.failed"] == "floor,interval"
     card = registry.find_version(trained.name, version=version).description
-    assert "Not a diagnostic device" in card and "95%" in card and "Aggregation: top_k_mean" in card
+    assert "Not a diagnostic device" in card and "95%" in card and "Aggregation: an image is" in card
+    assert "Promotion: not promoted" in card and "evaluate.min_auc" in card
+    assert "not promoted (stays challenger)" in report.read_text()
     assert any(a.path == "evaluation" for a in MlflowClient().list_artifacts(trained.result["run_id"]))
 
 
@@ -161,7 +169,7 @@ def test_external_validation_reads_every_split_of_the_external_collections(
 ) -> None:
     """Here BreaKHis plays the external collection, as if the model had never seen it."""
     unseen = dataclasses.replace(TASK, collections=(), external=("breakhis",))
-    rule = AggregationRule(**trained.settings.aggregation.model_dump())
+    rule = registry.aggregation(registry.find_version(trained.name, version=trained.result["version"]))
     uri = f"models:/{trained.name}/{trained.result['version']}"
     external = external_table(spark, uri, trained.data, unseen, 0.5, 20, rule)
     labelled = sum(n for counts in trained.data.counts.values() for n in counts.values())
@@ -181,15 +189,18 @@ def test_a_resumed_run_continues_from_its_last_checkpoint(
 def test_the_gate_rescores_the_champion_on_the_challengers_split(
     spark: SparkSession, trained: SimpleNamespace, evaluated: dict, resumed: SimpleNamespace
 ) -> None:
-    """The resumed run registered a new challenger; the first version is the champion it must beat."""
+    """The resumed run registered a new challenger; the first version, made champion by hand (as an admin
+    can), is re-scored on the challenger's test split and compared on the same patients."""
     name, first, second = trained.name, trained.result["version"], resumed.result["version"]
+    MlflowClient().set_registered_model_alias(name, registry.CHAMPION, first)
     decision = evaluate_version(spark, resumed.settings, TASK, name, second)["decision"]
     tags = registry.find_version(name, version=second).tags
-    assert tags["promotion.champion_version"] == first
-    assert (
-        tags["promotion.champion_patient_auc"] == f"{evaluated['decision'].challenger_auc:.4f}"
-    )  # may be nan
-    assert registry.alias_version(name, registry.CHAMPION) == (second if decision.promoted else first)
+    assert tags["promotion.champion_version"] == first and decision.comparison.patients >= 1
+    assert tags["promotion.champion_patient_auc"] == f"{evaluated['decision'].challenger_auc:.4f}"  # nan
+    # One test patient: no AUC difference can be had, so the champion is not beaten.
+    assert not decision.promoted and "champion" in decision.failed
+    assert tags["promotion.difference"] == "nan"
+    assert registry.alias_version(name, registry.CHAMPION) == first
 
 
 def test_a_network_that_cannot_take_the_tile_size_is_refused_before_any_spark_work(
