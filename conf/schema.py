@@ -115,6 +115,10 @@ class TileSettings(Section):
     # Rows per Parquet row group of the tiles table (the unit Petastorm reads, shuffles and shards):
     # every split needs at least 2 per training worker; fewer rows, more groups, less memory per read.
     row_group_rows: int = Field(ge=1)
+    # Training patches centred on each located finding of an abnormal training mammogram (label_source
+    # lesion_patch), shifted by up to lesion_jitter x size; 0 turns them off. Never in val or test.
+    lesion_patches: int = Field(ge=0)
+    lesion_jitter: float = Field(ge=0, le=0.5)
 
 
 class SplitSettings(Section):

@@ -22,6 +22,7 @@ from core.tasks import BY_PATIENT, SplitRule, Task
 from model.metrics import auc_with_interval, confusion
 
 LEVELS = ("tile", "image", "patient")
+LESION_PATCH = "lesion_patch"  # the label_source of training patches (pipelines.tiling.lesion_patches)
 ID_COLUMNS = ["tile_id", "image_id", "patient_key", "modality", "collection", "split", "label", "image_label"]
 Predict = Callable[[list[bytes]], np.ndarray]
 
@@ -34,7 +35,7 @@ def split_batches(
 
     The rows are the task's (:meth:`core.tasks.Task.row_terms`) but for the label term: every tile of
     an image counts (normal tissue and unlabelled ones too), since image-level scores must see what bulk
-    scoring sees, where no label says which tiles matter.
+    scoring sees, where no label says which tiles matter; lesion-centred training patches are left out.
     """
     import pyarrow.dataset as ds
 
@@ -43,6 +44,8 @@ def split_batches(
     for column, values in task.row_terms():
         if column != "label":
             wanted = wanted & ds.field(column).isin(list(values))
+    # Lesion-centred patches are training rows only: figures see the grid, as bulk scoring does.
+    wanted = wanted & (ds.field("label_source") != LESION_PATCH)
     if rule.by == "patient" and split is not None:
         wanted = wanted & (ds.field("split") == split)
     for batch in dataset.to_batches(columns=[*ID_COLUMNS, "pixels"], filter=wanted, batch_size=batch_rows):
@@ -116,6 +119,10 @@ def _figures(rows: pd.DataFrame, threshold: float, rounds: int, seed: int) -> di
     targets, scores = rows["target"].to_numpy(), rows["score"].to_numpy()
     values = confusion(targets, scores >= threshold)
     values.update(auc_with_interval(targets, scores, rows["patient_key"].to_numpy(), rounds, seed))
+    # Patients per class behind the figure (at tile and image level a patient with rows of both classes
+    # counts in both).
+    values["patients_positive"] = int(rows.loc[rows["target"] == 1, "patient_key"].nunique())
+    values["patients_negative"] = int(rows.loc[rows["target"] != 1, "patient_key"].nunique())
     return values
 
 

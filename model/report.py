@@ -37,14 +37,22 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def _cell(value: Any) -> str:
+# Counts: integers even where a row without data made pandas store the column as floats.
+COUNTS = {"n", "patients", "TP", "TN", "FP", "FN", "patients_positive", "patients_negative"}
+
+
+def _cell(value: Any, column: str = "") -> str:
     if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.3f}"
+        if math.isnan(value):
+            return "—"
+        return f"{value:.0f}" if column in COUNTS else f"{value:.3f}"
     return str(value)
 
 
 def _table_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    columns = ["level", "collection", "n", "patients", *SHOWN, "AUC (95% CI)", "note"]
+    """Rows of a figures table; beside every AUC, the patients of each class behind it (``+/−``)."""
+    shown = ["level", "collection", "n", "patients", *SHOWN]
+    columns = [*shown, "AUC (95% CI)", "patients +/−", "note"]
     rows = []
     for _, row in frame.iterrows():
         auc = row.get("auc", float("nan"))
@@ -53,9 +61,10 @@ def _table_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             if isinstance(auc, float) and not math.isnan(auc) and not math.isnan(row.get("auc_low", math.nan))
             else _cell(auc)
         )
-        cells = [row.get(c, "") for c in columns[:-2]]
-        rows.append([_cell(c) if not (isinstance(c, float) and math.isnan(c)) else "—" for c in cells])
-        rows[-1] += [interval, str(row.get("note", "") or "")]
+        positive, negative = row.get("patients_positive", math.nan), row.get("patients_negative", math.nan)
+        per_class = "—" if pd.isna(positive) else f"{_cell(positive, 'n')}/{_cell(negative, 'n')}"
+        cells = [_cell(row.get(c, ""), c) for c in shown]
+        rows.append([*cells, interval, per_class, str(row.get("note", "") or "")])
     return columns, rows
 
 

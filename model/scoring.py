@@ -63,12 +63,14 @@ class ScoreSummary:
     """Why a task was not scored (no such version, or a version lacking its threshold or rule)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """The summary JSON: images scored, already scored, quarantined, and predicted labels' counts."""
+        """The summary JSON: images scored, already scored, quarantined, predicted labels' counts, and why
+        each task that scored nothing did not (no champion, an incomplete version)."""
         return {
             "scored": self.scored,
             "already_scored": self.already_scored,
             "quarantined": self.quarantined,
             "labels": dict(self.labels),
+            "skipped": list(self.skipped),
         }
 
     def add_counts(self, name: str, rows: Iterable[dict[str, Any]]) -> None:

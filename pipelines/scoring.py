@@ -81,7 +81,10 @@ def image_sources(
     for images, tiles in tables:
         if splits:
             images = images.where(F.col("split").isin(splits) | F.col("split").isNull())
-        tiles = tiles.select("image_id", "collection", "modality", "pixels")
+        # The grid only: lesion-centred patches are training rows (an image's score must not depend on them).
+        tiles = tiles.where(F.col("label_source") != "lesion_patch").select(
+            "image_id", "collection", "modality", "pixels"
+        )
         images = images.select("image_id", "modality").join(tiles.select("image_id").distinct(), "image_id")
         pairs.append((images, tiles))
     if not pairs:

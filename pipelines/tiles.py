@@ -32,7 +32,7 @@ from pipelines.io import append_new, read_table, row_group_properties, table_exi
 from pipelines.sources.base import Geometry
 from pipelines.split import SplitLeak
 from pipelines.summary import TileSummary
-from pipelines.tiling import cut_tile, label_tiles, rasterise
+from pipelines.tiling import cut_tile, label_tiles, lesion_patches, rasterise
 
 # The findings column of images without any (the landing zone's): what cut_tiles reads.
 NO_FINDINGS = "array<struct<label:string,geometry_kind:string,geometry:string,mask_png:binary>>"
@@ -67,10 +67,19 @@ class TileOptions:
     stride: int
     min_tissue: float
     overlap_threshold: float
+    lesion_patches: int = 0
+    lesion_jitter: float = 0.25
 
     @classmethod
     def from_settings(cls, tiles: TileSettings) -> TileOptions:
-        return cls(tiles.size, tiles.stride, tiles.min_tissue, tiles.overlap_threshold)
+        return cls(
+            tiles.size,
+            tiles.stride,
+            tiles.min_tissue,
+            tiles.overlap_threshold,
+            tiles.lesion_patches,
+            tiles.lesion_jitter,
+        )
 
 
 def images_to_tile(images: DataFrame, tiles: DataFrame | None) -> DataFrame:
@@ -104,8 +113,9 @@ def with_findings(images: DataFrame, annotations: DataFrame) -> DataFrame:
     return images.join(F.broadcast(findings), "image_id", "left")
 
 
-def _tile_id(image_id: str, y: int, x: int, size: int) -> str:
-    return f"{image_id}-{size}-{y}-{x}"
+def _tile_id(image_id: str, y: int, x: int, size: int, source: str = "") -> str:
+    """A grid tile's id; a lesion patch's names its kind (a patch may start where a grid tile does)."""
+    return f"{image_id}-{size}-{y}-{x}" if source != "lesion_patch" else f"{image_id}-{size}-p-{y}-{x}"
 
 
 def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
@@ -134,10 +144,26 @@ def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
         options.min_tissue,
         options.overlap_threshold,
     )
+    if (
+        options.lesion_patches
+        and row["split"] == "train"
+        and row["modality"] == "mammography"
+        and row["label"] not in (None, "normal")
+    ):
+        labels += lesion_patches(
+            image,
+            regions,
+            options.size,
+            options.lesion_patches,
+            options.lesion_jitter,
+            options.min_tissue,
+            options.overlap_threshold,
+            int(row["image_id"][:8], 16),
+        )
     channels = 3 if image.ndim == 3 else 1
     return [
         {
-            "tile_id": _tile_id(row["image_id"], t.y, t.x, options.size),
+            "tile_id": _tile_id(row["image_id"], t.y, t.x, options.size, t.label_source),
             "image_id": row["image_id"],
             "collection": row["collection"],
             "modality": row["modality"],

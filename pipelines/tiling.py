@@ -176,3 +176,53 @@ def label_tiles(
             label, source = "normal", "normal_tissue"
         labels.append(TileLabel(y, x, label, source, float(best), tissue))
     return labels
+
+
+def lesion_patches(
+    image: np.ndarray,
+    findings: list[tuple[str, np.ndarray | None]],
+    size: int,
+    count: int,
+    jitter: float,
+    min_tissue: float,
+    overlap_threshold: float,
+    seed: int,
+) -> list[TileLabel]:
+    """Training patches centred on each located finding of an abnormal mammogram, with jitter.
+
+    A lesion covers one or two grid tiles, often at their edge; patch classifiers on CBIS-DDSM train on
+    crops centred on each lesion instead. For every finding with a region, ``count`` patches of ``size``
+    are centred on its centroid, each shifted by up to ``jitter`` x ``size`` pixels along each axis
+    (uniform, from ``seed``), kept inside the image. A patch takes the most severe label among the
+    findings it overlaps by at least ``overlap_threshold`` (as a grid tile does); patches that the
+    shift moved off their finding, background patches and repeated origins are dropped.
+
+    Returns:
+        One :class:`TileLabel` per patch (``label_source`` ``lesion_patch``).
+    """
+    height, width = image.shape[:2]
+    areas = [(label, region, np.count_nonzero(region)) for label, region in findings if region is not None]
+    located = [(label, region, area) for label, region, area in areas if area > 0]
+    rng = np.random.default_rng(seed)
+    reach = jitter * size
+    patches: dict[tuple[int, int], TileLabel] = {}
+    for _, region, _ in located:
+        ys, xs = np.nonzero(region)
+        cy, cx = float(ys.mean()), float(xs.mean())
+        for dy, dx in rng.uniform(-reach, reach, (count, 2)):
+            y = int(np.clip(round(cy + dy - size / 2), 0, max(0, height - size)))
+            x = int(np.clip(round(cx + dx - size / 2), 0, max(0, width - size)))
+            if (y, x) in patches:
+                continue
+            overlaps = [
+                (label, np.count_nonzero(other[y : y + size, x : x + size]) / min(size * size, area))
+                for label, other, area in located
+            ]
+            hits = [label for label, overlap in overlaps if overlap >= overlap_threshold]
+            tissue = tissue_fraction(cut_tile(image, y, x, size))
+            if not hits or tissue < min_tissue:
+                continue
+            best = max(overlap for _, overlap in overlaps)
+            label = max(hits, key=SEVERITY.__getitem__)
+            patches[(y, x)] = TileLabel(y, x, label, "lesion_patch", float(best), tissue)
+    return list(patches.values())

@@ -12,6 +12,7 @@ from pipelines.tiling import (
     TileLabel,
     cut_tile,
     label_tiles,
+    lesion_patches,
     rasterise,
     tile_origins,
     tissue_fraction,
@@ -198,3 +199,30 @@ def test_rasterise_shapes() -> None:
     assert np.array_equal(rasterise(Geometry("mask", mask_path="m.png"), 50, 60, mask), mask > 0)
     with pytest.raises(ValueError, match="mask"):
         rasterise(Geometry("mask", mask_path="m.png"), 50, 61, mask)
+
+
+def test_lesion_patches_are_centred_on_each_finding_with_jitter() -> None:
+    image = np.full((672, 448), 128, np.uint8)
+    mass = _region(300, 340, 200, 240, (672, 448))  # centre (319.5, 219.5), well inside
+    calcification = _region(40, 50, 20, 30, (672, 448))  # near the corner: patches are clamped in
+    patches = lesion_patches(
+        image, [("malignant", mass), ("benign", calcification), ("benign", None)], SIZE, 8, 0.25, 0.3, 0.5, 7
+    )
+    assert {t.label_source for t in patches} == {"lesion_patch"}
+    origins = [(t.y, t.x) for t in patches]
+    assert len(origins) == len(set(origins)) and 8 < len(patches) <= 16
+    for t in patches:
+        assert 0 <= t.y <= 672 - SIZE and 0 <= t.x <= 448 - SIZE and t.overlap >= 0.5
+    around_mass = [t for t in patches if t.label == "malignant"]
+    assert len(around_mass) == 8
+    for t in around_mass:  # centred within the jitter (a quarter of the size) of the mass's centre
+        assert (
+            abs(t.y + SIZE / 2 - 319.5) <= 0.25 * SIZE + 1 and abs(t.x + SIZE / 2 - 219.5) <= 0.25 * SIZE + 1
+        )
+    # Near the corner every shift is clamped to the same origin: one patch, not eight copies.
+    assert [(t.y, t.x) for t in patches if t.label == "benign"] == [(0, 0)]
+    again = lesion_patches(image, [("malignant", mass)], SIZE, 8, 0.25, 0.3, 0.5, 7)
+    assert again == around_mass  # the same seed gives the same patches
+    # Background patches are dropped, and so is everything when the finding has no region.
+    assert lesion_patches(np.zeros_like(image), [("malignant", mass)], SIZE, 8, 0.25, 0.3, 0.5, 7) == []
+    assert lesion_patches(image, [("malignant", None)], SIZE, 8, 0.25, 0.3, 0.5, 7) == []
