@@ -176,6 +176,8 @@ class TrainSettings(Section):
     pixel_std: float = Field(gt=0)
     augment: AugmentSettings
     warmup_epochs: float = Field(ge=0)
+    # After warm-up: constant, or a half cosine down to 5% of the peak by the last epoch.
+    schedule: Literal["constant", "cosine"]
     patience: int = Field(ge=1)
     # How the workers cooperate: Horovod (Gloo) or PyTorch DDP (Gloo) through Spark's TorchDistributor.
     backend: Literal["horovod", "torch_distributor"]

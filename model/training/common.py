@@ -17,6 +17,7 @@ from core.tasks import BY_PATIENT, SplitRule, Task
 from model.data import Augmentation, TileInput, read_split
 
 SPLITS = ("train", "val", "test")
+COSINE_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak learning rate
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class TrainPlan:
     momentum: float
     weight_decay: float
     warmup_epochs: float
+    schedule: str
     patience: int
     checkpoint_dir: str
     tile_input: TileInput
@@ -137,6 +139,7 @@ class TrainPlan:
             momentum=train.momentum,
             weight_decay=train.weight_decay,
             warmup_epochs=train.warmup_epochs,
+            schedule=train.schedule,
             patience=train.patience,
             checkpoint_dir=checkpoint_dir,
             tile_input=TileInput.from_settings(settings),
@@ -146,6 +149,17 @@ class TrainPlan:
             resume=resume,
             rule=data.rule,
         )
+
+    def learning_rate_at(self, step: int, peak: float) -> float:
+        """The learning rate of optimizer step ``step`` (from 1): linear warm-up to ``peak`` over
+        ``warmup_epochs``, then constant, or (``schedule: cosine``) a half cosine down to
+        :data:`COSINE_FLOOR` x ``peak`` at the last step of the last epoch."""
+        warmup = max(1, round(self.warmup_epochs * self.steps_per_epoch))
+        if step <= warmup or self.schedule == "constant":
+            return peak * min(1.0, step / warmup)
+        total = max(warmup + 1, self.epochs * self.steps_per_epoch)
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return peak * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     @property
     def steps_per_epoch(self) -> int:

@@ -295,7 +295,6 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
     state = group.share(state, "train_state")
     model, optimizer = group.start(net, optimizer)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(plan.class_weights, dtype=torch.float32))
-    warmup_steps = max(1, round(plan.warmup_epochs * plan.steps_per_epoch))
 
     with training_batches(plan, rank, group.size, reader_threads(plan, cores)) as batches:
         for epoch in range(state["epoch"], plan.epochs):
@@ -312,7 +311,7 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
             for step in progress:
                 done = epoch * plan.steps_per_epoch + step + 1
                 for param_group in optimizer.param_groups:
-                    param_group["lr"] = peak_lr * min(1.0, done / warmup_steps)
+                    param_group["lr"] = plan.learning_rate_at(done, peak_lr)
                 images, targets = next(batches)
                 optimizer.zero_grad()
                 loss = loss_fn(model(augmented(plan, images, generator)), targets)
@@ -335,7 +334,7 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
                     "val_loss": val_loss,
                     "val_auc": auc,
                     "images_per_s": images_per_s,
-                    "lr": peak_lr * min(1.0, done / warmup_steps),
+                    "lr": plan.learning_rate_at(done, peak_lr),
                 }
                 decision = _end_epoch(plan, net, optimizer, state, record)
             if group.share(decision, "early_stop"):

@@ -26,7 +26,7 @@ from model import registry
 from model.data import IGNORE
 from model.registry_evaluation import evaluate_tasks, evaluate_version, external_table
 from model.tracking import use_tracking
-from model.training.common import latest_checkpoint, task_data
+from model.training.common import COSINE_FLOOR, TaskData, TrainPlan, latest_checkpoint, task_data
 from model.training.runner import Refused, fit_task, train_tasks
 from model.training.worker import task_batches
 from pipelines.collections import ingest_collections
@@ -337,3 +337,18 @@ def test_task_batches_are_full_and_lose_no_row() -> None:
     task_rows = rows[targets != IGNORE]
     assert len(batches) == len(task_rows) // 5
     assert torch.equal(kept, task_rows[: len(kept)])  # in order, none dropped, none repeated
+
+
+def test_the_learning_rate_warms_up_then_follows_its_schedule(tmp_path: Path) -> None:
+    settings = module_settings(str(tmp_path / "lake"), tmp_path, "train.epochs=4", "train.warmup_epochs=1")
+    data = TaskData("tiles", 0, "", {"train": {"benign": 64}}, (), (), ())
+    plan = TrainPlan.build(settings, TASK, data, 1, str(tmp_path))
+    steps = plan.steps_per_epoch * plan.epochs
+    assert plan.schedule == "cosine" and plan.steps_per_epoch > 1
+    rates = [plan.learning_rate_at(step, 1.0) for step in range(1, steps + 1)]
+    warm = plan.steps_per_epoch
+    assert rates[:warm] == [pytest.approx((i + 1) / warm) for i in range(warm)]
+    assert all(a >= b for a, b in zip(rates[warm - 1 :], rates[warm:], strict=False))  # never rises
+    assert rates[-1] == pytest.approx(COSINE_FLOOR)
+    constant = dataclasses.replace(plan, schedule="constant")
+    assert [constant.learning_rate_at(s, 1.0) for s in range(warm, steps + 1)] == [1.0] * (steps - warm + 1)
