@@ -22,7 +22,10 @@ Then, on the same training tiles, in the same run, it measures:
     ``torch.Generator``, forward, loss (class weights), backward, SGD step (the configured momentum and
     weight decay), ``float(loss)``, on ``torch.set_num_threads(cores)``. So the ratios to it measure the
     data path and nothing else. It runs the number of timed steps of one 1-worker run (epochs 2..E), after
-    5 untimed warm-up steps; it is timed once before and once after the distributed runs and averaged.
+    5 untimed warm-up steps; it is timed in rounds: at the start, just before the first distributed run and
+    after each one. A machine's speed drifts over a run of many minutes (other processes, caches, clocks:
+    rounds of one run differed by 20 %), so each backend's ratio is to the mean of the two rounds on either
+    side of its own run; ``plain`` reports the mean of all rounds.
     CPU ms/image: ``time.process_time`` of this process over the timed steps.
 ``plain_1_thread``
     the same plain loop once more on 1 torch thread (not a target: it shows whether ``cores`` torch
@@ -501,8 +504,12 @@ def main() -> None:
             f" with the copy amortised, {f['images_per_s_excluding_copy']:.1f} images/s without "
             f"(copy of {f['rows']} rows {f['copy_s']:.1f} s; {steps} timed steps)",
         )
+        plain_round("before the distributed runs")
         for (backend, n), plan in plans.items():
             figures[name := f"{backend}_{n}"] = f = distributed(spark, backend, plan, n)
+            plain_round(f"after {name}")
+            # The plain rounds on either side of this run: the machine's speed drifts over a run.
+            f["plain_adjacent"] = statistics.mean(r["images_per_s"] for r in rounds[-2:])
             epochs = ", ".join(f"{v:.1f}" for v in f["per_epoch"])
             describe(
                 name,
@@ -511,7 +518,6 @@ def main() -> None:
                 f"worker of {plan.batch_size}; whole run {f['wall_s']:.0f} s; peak PSS "
                 f"{f['peak_pss_mb']:.0f} MB, RSS {f['peak_rss_mb']:.0f} MB)",
             )
-        plain_round("after")
         figures["plain"] = {
             "images_per_s": statistics.mean(r["images_per_s"] for r in rounds),
             "cpu_ms_per_image": statistics.mean(r["cpu_ms_per_image"] for r in rounds),
@@ -555,7 +561,10 @@ def main() -> None:
     speed = {name: f["images_per_s"] for name, f in figures.items() if "images_per_s" in f}
     cpu = {name: f["cpu_ms_per_image"] for name, f in figures.items() if "cpu_ms_per_image" in f}
     base = speed["plain"]
-    backend_ratio = {b: ratio(speed.get(f"{b}_1"), base) for b in args.backends}
+    backend_ratio = {
+        b: ratio(speed.get(f"{b}_1"), figures.get(f"{b}_1", {}).get("plain_adjacent", base))
+        for b in args.backends
+    }
     two_vs_one = {b: ratio(speed.get(f"{b}_2"), speed.get(f"{b}_1")) for b in args.backends}
     runs: Iterable[str] = [name for name in figures if "peak_pss_mb" in figures[name]]
     scale_ratio = (

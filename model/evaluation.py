@@ -178,3 +178,66 @@ def figures_frame(table: Sequence[Figure]) -> pd.DataFrame:
     return pd.DataFrame(
         [{"level": f.level, "collection": f.collection, **f.values, "note": f.note} for f in table]
     )
+
+
+# Published figures a reader compares this run's with, each with the split that produced it (Table 5 of
+# the paper this project started from put its own figure beside others without saying which split each
+# came from). ``tasks``: the tasks a row compares with.
+PUBLISHED = (
+    {
+        "source": "the paper this project started from (claimed)",
+        "data": "BreaKHis + mammography collections, one model",
+        "split": "image-level random 60/40 (leaky: one patient's images on both sides)",
+        "figure": "accuracy 0.999",
+        "tasks": ("histo_benign_vs_malignant", "mammo_benign_vs_malignant", "mammo_normal_vs_abnormal"),
+    },
+    {
+        "source": "published CNNs on BreaKHis (e.g. Spanhol et al., IJCNN 2016)",
+        "data": "BreaKHis",
+        "split": "patient-level",
+        "figure": "patient-level accuracy about 0.85-0.93",
+        "tasks": ("histo_benign_vs_malignant",),
+    },
+    {
+        "source": "published whole-image classifiers on CBIS-DDSM (e.g. Shen et al., Sci. Rep. 2019)",
+        "data": "CBIS-DDSM",
+        "split": "official (the collection's own train/test division)",
+        "figure": "whole-image AUC 0.69-0.88",
+        "tasks": ("mammo_benign_vs_malignant", "mammo_benign_vs_malignant_external"),
+    },
+)
+
+
+def comparison_frame(task: Task, table: pd.DataFrame, split_kind: str) -> pd.DataFrame:
+    """This run's image- and patient-level figures beside the published ones that compare with the task.
+
+    Args:
+        table: the run's figures (:func:`figures_frame`).
+        split_kind: how this run's test split was drawn (e.g. ``patient-level (strategy patient)``).
+    """
+    rows = []
+    overall = table[table["collection"] == "all"].set_index("level")
+    for level in ("image", "patient"):
+        if level not in overall.index:
+            continue
+        row = overall.loc[level]
+        auc, low, high = (float(row.get(k, math.nan)) for k in ("auc", "auc_low", "auc_high"))
+        figure = "AUC undefined" if math.isnan(auc) else f"{level}-level AUC {auc:.3f} ({low:.3f}-{high:.3f})"
+        accuracy = float(row.get("accuracy", math.nan))
+        if not math.isnan(accuracy):
+            figure += f", accuracy {accuracy:.3f}"
+        positive, negative = row.get("patients_positive", math.nan), row.get("patients_negative", math.nan)
+        patients = "" if pd.isna(positive) else f"{int(positive)} {task.positive} / {int(negative)} other"
+        rows.append(
+            {
+                "source": "this run (synthetic corpus)",
+                "data": ", ".join(task.collections),
+                "split": split_kind,
+                "figure": figure,
+                "patients": patients,
+            }
+        )
+    for published in PUBLISHED:
+        if task.name in published["tasks"]:
+            rows.append({**{k: v for k, v in published.items() if k != "tasks"}, "patients": ""})
+    return pd.DataFrame(rows, columns=["source", "data", "split", "figure", "patients"])

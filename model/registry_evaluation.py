@@ -23,7 +23,14 @@ from mlflow import MlflowClient
 from core.aggregation import AggregationRule
 from core.tasks import TASKS, Task
 from model import promotion, registry
-from model.evaluation import figures, figures_frame, level_frames, score_split, subgroup_figures
+from model.evaluation import (
+    comparison_frame,
+    figures,
+    figures_frame,
+    level_frames,
+    score_split,
+    subgroup_figures,
+)
 from model.report import Report, write_report
 from model.training.common import TaskData, task_data
 
@@ -123,16 +130,17 @@ def model_card(task: Task, version: Any, table: pd.DataFrame, settings: Any, dec
         "",
         "## Test figures (patient-bootstrap 95% intervals)",
         "",
-        "| level | collection | n | AUC (95% CI) | sensitivity | specificity |",
-        "|---|---|---|---|---|---|",
+        f"| level | collection | n | patients {task.positive} / other | AUC (95% CI) | sensitivity | "
+        "specificity |",
+        "|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         if row["level"] == "tile" or not isinstance(row.get("auc"), float) or math.isnan(row["auc"]):
             continue
         lines.append(
-            f"| {row['level']} | {row['collection']} | {int(row['n'])} | {row['auc']:.3f} "
-            f"({row['auc_low']:.3f}–{row['auc_high']:.3f}) | {row['sensitivity']:.3f} | "
-            f"{row['specificity']:.3f} |"
+            f"| {row['level']} | {row['collection']} | {int(row['n'])} | {int(row['patients_positive'])} / "
+            f"{int(row['patients_negative'])} | {row['auc']:.3f} ({row['auc_low']:.3f}–"
+            f"{row['auc_high']:.3f}) | {row['sensitivity']:.3f} | {row['specificity']:.3f} |"
         )
     lines += [
         "",
@@ -212,6 +220,13 @@ def compare_with_champion(
     )
 
 
+def split_kind(data: TaskData) -> str:
+    """How the test split the figures come from was drawn."""
+    if data.rule.by != "patient":
+        return "image-level random (the leakage audit)"
+    return "patient-level (groups of linked patients never span splits)"
+
+
 def gate(settings: Any) -> promotion.Gate:
     """The promotion gate's settings."""
     return promotion.Gate(settings.evaluate.min_auc, settings.evaluate.promotion_margin)
@@ -263,6 +278,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         external=external_table(spark, uri, data, task, threshold, rounds, aggregation),
         grid=_grid(data.test_files, tiles, task, threshold),
         notes=notes,
+        comparison=comparison_frame(task, table, split_kind(data)),
     )
     written = write_report(report, folder, (task.classes[0], task.positive))
     with mlflow.start_run(run_id=registered.run_id):

@@ -35,6 +35,7 @@ class Report:
     external: pd.DataFrame | None = None
     grid: pd.DataFrame | None = None  # tiles with pixels, label, score, correct
     notes: list[str] = field(default_factory=list)
+    comparison: pd.DataFrame | None = None  # this run beside published figures, each with its split kind
 
 
 # Counts: integers even where a row without data made pandas store the column as floats.
@@ -77,6 +78,23 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 def _html_table(frame: pd.DataFrame) -> str:
     columns, rows = _table_rows(frame)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _plain_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    return list(frame.columns), [[_cell(v, c) for c, v in row.items()] for _, row in frame.iterrows()]
+
+
+def _plain_markdown(frame: pd.DataFrame) -> str:
+    columns, rows = _plain_rows(frame)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _plain_html(frame: pd.DataFrame) -> str:
+    columns, rows = _plain_rows(frame)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -206,8 +224,11 @@ def write_report(report: Report, folder: Path, classes: tuple[str, str]) -> list
         if frame is not None and not frame.empty:
             tables.append((heading, frame))
 
+    compare = "Beside published figures (which split produced each decides whether they compare)"
     md = [f"# {report.title}", "", *[f"- {line}" for line in report.summary], ""]
     md += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    if report.comparison is not None and not report.comparison.empty:
+        md += [f"## {compare}", "", _plain_markdown(report.comparison), ""]
     for heading, frame in tables:
         md += [f"## {heading}", "", _markdown_table(frame), ""]
     for heading, name in pictures:
@@ -217,6 +238,8 @@ def write_report(report: Report, folder: Path, classes: tuple[str, str]) -> list
     body = [f"<h1>{html.escape(report.title)}</h1>", "<ul>"]
     body += [f"<li>{html.escape(line)}</li>" for line in report.summary] + ["</ul>"]
     body += [f"<blockquote>{html.escape(note)}</blockquote>" for note in report.notes]
+    if report.comparison is not None and not report.comparison.empty:
+        body += [f"<h2>{html.escape(compare)}</h2>", _plain_html(report.comparison)]
     for heading, frame in tables:
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(frame)]
     for heading, name in pictures:

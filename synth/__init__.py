@@ -40,14 +40,20 @@ from synth import breakhis, cbis_ddsm, ddsm, mias
 from synth.report import Progress, split
 
 FULL_IMAGES = 12_000
-SHARES = {"breakhis": 1.0, "mias": 1.0, "ddsm": 2.0, "cbis_ddsm": 2.0}  # of the total, in sixths
+# The full corpus: the paper's collection sizes (BreaKHis 2,000, MIAS 2,000, DDSM 4,000, CBIS-DDSM 4,000).
+FULL_SHARES = {"breakhis": 1.0, "mias": 1.0, "ddsm": 2.0, "cbis_ddsm": 2.0}
+# Smaller corpora are drawn for patients rather than images, so that the default corpus (640 images) gives
+# every default task's 25% test split at least 10 patients per class: BreaKHis 200 images (1.5 per slide:
+# 44 benign, 89 malignant slides), MIAS 200 (100 patients, two breasts each, about 44 of them normal),
+# DDSM 120 (30 four-view cases), CBIS-DDSM 120 (60 patients, two views each).
+SHARES = {"breakhis": 5.0, "mias": 5.0, "ddsm": 3.0, "cbis_ddsm": 3.0}
 FULL_SIZE_FROM = 200
 REISSUED_EVERY = 10  # one CBIS-DDSM patient in this many re-releases a DDSM case
 
 
 def generate(
     out: Path,
-    images: int = 400,
+    images: int = 640,
     full: bool = False,
     downscale: float | None = None,
     seed: int = 0,
@@ -55,8 +61,9 @@ def generate(
 ) -> dict[str, Any]:
     """Write the four collections under ``out`` plus ``out/manifest.json``; returns the manifest.
 
-    ``images`` good images in total (12,000 with ``full``) are split BreaKHis 1/6, MIAS 1/6, DDSM 1/3 and
-    CBIS-DDSM 1/3; planted bad inputs come on top.  The same ``seed`` gives byte-identical files.  The
+    ``images`` good images in total (12,000 with ``full``) are split by :data:`SHARES` (BreaKHis 5/16,
+    MIAS 5/16, DDSM 3/16, CBIS-DDSM 3/16; with ``full``, :data:`FULL_SHARES`: 1/6, 1/6, 1/3, 1/3); planted
+    bad inputs come on top.  The same ``seed`` gives byte-identical files.  The
     manifest maps each collection (``breakhis``, ``mias``, ``ddsm``, ``cbis_ddsm``) to ``root``, ``images``
     (good image files), ``labels`` (good images per label), ``patients`` (with a good image),
     ``auxiliary`` (metadata, crops and masks on disk), ``planted`` and ``quirks`` (``path`` relative to the
@@ -71,7 +78,8 @@ def generate(
     histology_factor = math.sqrt(downscale) if downscale and downscale > 1 else 1.0
     histology_size = (round(breakhis.SIZE[0] / histology_factor), round(breakhis.SIZE[1] / histology_factor))
     keep_full = 1 if full or total >= FULL_SIZE_FROM else 0
-    counts = dict(zip(SHARES, split(total, list(SHARES.values())), strict=True))
+    shares = FULL_SHARES if full else SHARES
+    counts = dict(zip(shares, split(total, list(shares.values())), strict=True))
     rngs = dict(
         zip(SHARES, (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)), strict=True)
     )
@@ -88,7 +96,13 @@ def generate(
     reissues = max(1, counts["cbis_ddsm"] // (2 * REISSUED_EVERY))
     reports = {
         "breakhis": breakhis.generate(
-            out / breakhis.ROOT, counts["breakhis"], histology_size, keep_full, rngs["breakhis"], say
+            out / breakhis.ROOT,
+            counts["breakhis"],
+            histology_size,
+            keep_full,
+            rngs["breakhis"],
+            say,
+            breakhis.IMAGES_PER_SLIDE if full else breakhis.SMALL_IMAGES_PER_SLIDE,
         ),
         "mias": mias.generate(out / mias.ROOT, counts["mias"], factor, keep_full, rngs["mias"], say),
         "ddsm": ddsm.generate(

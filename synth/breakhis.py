@@ -40,8 +40,11 @@ SUBTYPES: dict[str, dict[str, tuple[str, float]]] = {
         "papillary_carcinoma": ("PC", 0.12),
     },
 }
-IMAGES_PER_SLIDE = 24
-# Small corpora still get enough patients per class for a 60/20/20 patient-level split.
+IMAGES_PER_SLIDE = 24  # the full corpus (the real BreaKHis has about 96 per patient, 4 magnifications)
+# Smaller corpora: patients are what patient-level figures need, so few images each (the default corpus's
+# 200 BreaKHis images give 44 benign and 89 malignant slides: 11 and 22 of them in a 25% test split).
+SMALL_IMAGES_PER_SLIDE = 1.5
+# Even a tiny corpus gets enough patients per class for a patient-level split.
 MIN_SLIDES_PER_CLASS = 8
 
 
@@ -76,12 +79,14 @@ def generate(
     full_size: int,
     rng: np.random.Generator,
     progress: Progress,
+    per_slide: float = IMAGES_PER_SLIDE,
 ) -> CollectionReport:
-    """Write ``images`` good tiles of ``size`` (height, width); the first ``full_size`` are 700x460."""
+    """Write ``images`` good tiles of ``size`` (height, width), about ``per_slide`` per slide (patient);
+    the first ``full_size`` are 700x460."""
     report = CollectionReport(root, downscale=SIZE[1] / size[1])
     benign, malignant = split(images, [1, 2])
-    benign_slides = _slides(benign, "benign", rng, shared_first=True)
-    slides = benign_slides + _slides(malignant, "malignant", rng) or _slides(1, "benign", rng)
+    benign_slides = _slides(benign, "benign", rng, per_slide, shared_first=True)
+    slides = benign_slides + _slides(malignant, "malignant", rng, per_slide) or _slides(1, "benign", rng)
     counts = split(images, [1.0] * len(slides)) if slides else []
     next_seq: dict[tuple[int, int], int] = {}
 
@@ -124,14 +129,21 @@ def generate(
     return report
 
 
-def _slides(images: int, label: str, rng: np.random.Generator, *, shared_first: bool = False) -> list[Slide]:
-    """Slides (patients) for ``images`` images of one class, about :data:`IMAGES_PER_SLIDE` each.
+def _slides(
+    images: int,
+    label: str,
+    rng: np.random.Generator,
+    per_slide: float = IMAGES_PER_SLIDE,
+    *,
+    shared_first: bool = False,
+) -> list[Slide]:
+    """Slides (patients) for ``images`` images of one class, about ``per_slide`` each.
 
     With ``shared_first`` and two or more slides, the first two share a numeric id under two subtypes.
     """
     if images == 0:
         return []
-    count = min(images, max(MIN_SLIDES_PER_CLASS, round(images / IMAGES_PER_SLIDE)))
+    count = min(images, max(MIN_SLIDES_PER_CLASS, round(images / per_slide)))
     names = list(SUBTYPES[label])
     weights = np.array([SUBTYPES[label][name][1] for name in names])
     subtypes = [names[i] for i in rng.choice(len(names), size=count, p=weights / weights.sum())]

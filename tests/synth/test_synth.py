@@ -22,7 +22,7 @@ from synth.histology import draw_histology
 from synth.mammogram import draw_mammogram
 
 SEED = 7
-IMAGES = 40
+IMAGES = 48
 BREAKHIS = re.compile(
     r"histology_slides/breast/(benign|malignant)/SOB/"
     r"(adenosis|fibroadenoma|phyllodes_tumor|tubular_adenoma|ductal_carcinoma|lobular_carcinoma|"
@@ -90,7 +90,7 @@ def test_manifest_on_disk_and_returned(corpus: tuple[Path, dict]) -> None:
         "cbis_ddsm": "CBIS-DDSM",
     }
     counts = {name: entry["images"] for name, entry in manifest.items()}
-    assert counts == {"breakhis": 7, "mias": 7, "ddsm": 13, "cbis_ddsm": 13}
+    assert counts == {"breakhis": 15, "mias": 15, "ddsm": 9, "cbis_ddsm": 9}
     assert sum(counts.values()) == IMAGES
     for entry in manifest.values():
         assert sum(entry["labels"].values()) == entry["images"]
