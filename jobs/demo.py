@@ -6,8 +6,8 @@ Runs every stage, in order, each as its own job would run it (same options, same
 synth -> ingest -> tile -> train -> evaluate -> score. It ends with a registered model per task, its
 report under ``<lakehouse.root>/reports/`` and the promotion decision, and the champions' predictions
 for the test split and for a landing folder of new unlabelled images (``<synth.out>/landing``).
-The default size finished in 15 minutes (906 s) on two cores (2026-12-01); ``--full`` uses the 12,000-image
-corpus.
+The default size (640 images) finished in 836 s on two cores (2026-12-01, docs/models.md); ``--full``
+uses the 12,000-image corpus.
 Re-running skips the corpus, ingest and tiles already done; training and evaluation run again (a new
 challenger, gated against the champion), and scoring scores only what the champions have not scored.
 """
