@@ -215,7 +215,7 @@ def comparison_frame(task: Task, table: pd.DataFrame, split_kind: str) -> pd.Dat
         table: the run's figures (:func:`figures_frame`).
         split_kind: how this run's test split was drawn (e.g. ``patient-level (strategy patient)``).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     overall = table[table["collection"] == "all"].set_index("level")
     for level in ("image", "patient"):
         if level not in overall.index:

@@ -119,7 +119,8 @@ def _entry(name: str) -> Network:
 
 def build_network(name: str, num_classes: int) -> nn.Module:
     """The network called ``name`` with ``num_classes`` outputs, its weights channels-last."""
-    return _entry(name).factory(num_classes).to(memory_format=torch.channels_last)
+    net = _entry(name).factory(num_classes)
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
 
 
 def input_size_error(name: str, size: int) -> str | None:

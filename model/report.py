@@ -84,7 +84,7 @@ def _html_table(frame: pd.DataFrame) -> str:
 
 
 def _plain_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    return list(frame.columns), [[_cell(v, c) for c, v in row.items()] for _, row in frame.iterrows()]
+    return list(frame.columns), [[_cell(v, str(c)) for c, v in row.items()] for _, row in frame.iterrows()]
 
 
 def _plain_markdown(frame: pd.DataFrame) -> str:

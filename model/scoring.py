@@ -135,7 +135,8 @@ def score_images(
         try:
             model = scoring_model(settings, task_name, alias, version)
         except (VersionNotFound, VersionIncomplete) as exc:
-            why = no_champion(settings, task_name) if alias == CHAMPION and version is None else str(exc)
+            none_yet = isinstance(exc, VersionNotFound) and alias == CHAMPION and version is None
+            why = no_champion(settings, task_name) if none_yet else str(exc)
             summary.skipped.append(why)
             echo(f"score: {why}: nothing scored for {task_name}")
             continue
