@@ -130,6 +130,14 @@ class SplitSettings(Section):
     seed: int
     # Images whose perceptual hashes differ in at most this many of 64 bits are the same picture.
     link_max_hamming: int = Field(ge=0, le=32)
+    # Per collection: patient (dealt by patient, the default) or official (the collection's own
+    # train/test division, CBIS-DDSM's: its test set stays test; patient and link groups still never
+    # span splits, so a group with any official test image goes to test whole).
+    strategy: dict[Literal["breakhis", "mias", "ddsm", "cbis_ddsm"], Literal["patient", "official"]]
+
+    def official(self) -> frozenset[str]:
+        """The collections whose own division is honoured."""
+        return frozenset(name for name, rule in self.strategy.items() if rule == "official")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitSettings:

@@ -67,8 +67,11 @@ def _scan(name: str, root: str) -> Scan:
 
 
 def _image_metadata(frame: DataFrame) -> list[dict[str, Any]]:
+    from pyspark.sql import functions as F
+
     columns = ["image_id", "collection", "patient_key", "label", "phash", "view", "split"]
-    return [row.asDict() for row in frame.select(*columns).collect()]
+    official = F.col("attributes")["official_split"].alias("official")
+    return [row.asDict() for row in frame.select(*columns, official).collect()]
 
 
 def _links(settings: Settings, metas: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -78,7 +81,8 @@ def _links(settings: Settings, metas: Iterable[Mapping[str, Any]]) -> list[tuple
 
 def _split_metas(metas: Iterable[Mapping[str, Any]]) -> list[ImageMeta]:
     return [
-        ImageMeta(m["image_id"], m["collection"], m["patient_key"], m["label"], m["split"]) for m in metas
+        ImageMeta(m["image_id"], m["collection"], m["patient_key"], m["label"], m["split"], m.get("official"))
+        for m in metas
     ]
 
 
@@ -89,7 +93,13 @@ def _splits_for_new(
     fresh = {m["image_id"]: m for m in new}
     metas = [*existing, *fresh.values()]
     fractions = settings.split.fractions()
-    return assign_splits(_split_metas(metas), _links(settings, metas), fractions, settings.split.seed)
+    return assign_splits(
+        _split_metas(metas),
+        _links(settings, metas),
+        fractions,
+        settings.split.seed,
+        settings.split.official(),
+    )
 
 
 def ingest_collections(

@@ -32,6 +32,8 @@ class ImageMeta:
     patient_key: str
     label: str
     split: str | None = None
+    official: str | None = None
+    """The collection's own division (``training`` / ``test``), where it ships one (CBIS-DDSM)."""
 
 
 class _Groups:
@@ -80,14 +82,23 @@ def assign_splits(
     links: Iterable[tuple[str, str]],
     fractions: Mapping[str, float],
     seed: int,
+    official: frozenset[str] = frozenset(),
 ) -> dict[str, str]:
     """Give every image without a split the split of its group, dealing out new groups by stratum.
+
+    With ``official`` collections (``split.strategy: official``) their own division is honoured, group by
+    group, and the patient-level guarantee still wins: a new group holding an image of an official
+    collection's test set goes to ``test`` whole (the collection's test images are never trained on; its
+    other images, e.g. the same patient's other abnormality filed under training, or a DDSM film it
+    re-releases, move with it: :func:`moved_by_official` counts them); a group holding official training
+    images only is dealt between ``train`` and ``val``. Groups with no official image are dealt as usual.
 
     Args:
         images: all images of the lakehouse, with their stored split or ``None`` for new ones.
         links: pairs of image ids that are the same picture.
         fractions: target share of groups per split (train/val/test).
         seed: changes the dealing order of new groups.
+        official: the collections whose own train/test division is honoured.
 
     Returns:
         ``image_id -> split`` for the images that had none.
@@ -122,14 +133,29 @@ def assign_splits(
     assigned: dict[str, str] = {}
     for group in new_groups:
         tally = counts[stratum(group)]
-        total = sum(tally.values()) + 1
-        # The split furthest below its target share; ties go to the earlier split in SPLITS.
-        split = max(SPLITS, key=lambda s: (fractions[s] * total - tally[s], -SPLITS.index(s)))
+        divisions = {i.official for i in members[group] if i.collection in official and i.official}
+        if "test" in divisions:
+            split = "test"
+        else:
+            # The split furthest below its target share; ties go to the earlier split in SPLITS. A group
+            # of an official training set is dealt between train and val only.
+            allowed = ("train", "val") if divisions else SPLITS
+            total = sum(tally[s] for s in allowed) + 1
+            share = sum(fractions[s] for s in allowed)
+            split = max(allowed, key=lambda s: (fractions[s] / share * total - tally[s], -SPLITS.index(s)))
         tally[split] += 1
         assigned[group] = split
 
     decided = {**stored, **assigned}
     return {image.image_id: decided[group_of[patient_node(image)]] for image in images if image.split is None}
+
+
+def moved_by_official(images: Iterable[ImageMeta], official: frozenset[str]) -> int:
+    """Images of an official collection's training set that are in ``test``: their group (the same
+    patient's test-set image, or a linked re-release) took them there."""
+    return sum(
+        1 for i in images if i.collection in official and i.official == "training" and i.split == "test"
+    )
 
 
 def check_no_leak(images: Iterable[ImageMeta], links: Iterable[tuple[str, str]]) -> None:

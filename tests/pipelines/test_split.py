@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from pipelines.links import HashedImage, find_links, hamming
-from pipelines.split import ImageMeta, SplitLeak, assign_splits, check_no_leak
+from pipelines.split import ImageMeta, SplitLeak, assign_splits, check_no_leak, moved_by_official
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
@@ -112,3 +112,32 @@ def test_links_join_only_near_identical_hashes_across_collections() -> None:
         ("cbis-1", "ddsm-2"),
     ]
     assert hamming(-1, 0) == 64
+
+
+def test_an_official_division_is_honoured_and_the_patient_still_wins() -> None:
+    fractions = {"train": 0.55, "val": 0.2, "test": 0.25}
+    images = []
+    for p in range(40):
+        division = "test" if p % 5 == 0 else "training"
+        images.append(
+            ImageMeta(f"c-{p}", "cbis_ddsm", f"p{p}", "benign" if p % 2 else "malignant", official=division)
+        )
+    # p1 also has an abnormality filed under the official test set: the patient goes to test whole.
+    images.append(ImageMeta("c-1-calc", "cbis_ddsm", "p1", "benign", official="test"))
+    # A DDSM film that CBIS-DDSM p5 (official test) re-releases: linked, so it follows to test.
+    images.append(ImageMeta("d-5", "ddsm", "case5", "benign"))
+    splits = assign_splits(images, [("d-5", "c-5")], fractions, 0, frozenset({"cbis_ddsm"}))
+    tested = {i.image_id for i in images if i.official == "test"}
+    assert all(splits[i] == "test" for i in tested)  # every official test image is in test
+    assert splits["c-1"] == "test" and splits["d-5"] == "test"  # moved with their group
+    rest = [splits[i.image_id] for i in images if i.patient_key not in {"p1"} and i.official == "training"]
+    assert set(rest) == {"train", "val"}  # the official training set is dealt between train and val
+    placed = [
+        ImageMeta(i.image_id, i.collection, i.patient_key, i.label, splits[i.image_id], i.official)
+        for i in images
+    ]
+    assert moved_by_official(placed, frozenset({"cbis_ddsm"})) == 1  # c-1
+    check_no_leak(placed, [("d-5", "c-5")])
+    # Without the strategy the division is ignored: dealt by stratum as before.
+    plain = assign_splits(images, [("d-5", "c-5")], fractions, 0)
+    assert any(plain[i] != "test" for i in tested)
