@@ -15,7 +15,7 @@ Rules (:data:`RULES`), for images over their tiles and for patients over their i
 - ``mean``: the plain mean (right when the label is the whole image's, as in histology).
 
 Which rule a model uses is chosen on its validation split when configured ``auto``
-(:func:`model.aggregation_choice.choose_aggregation`) and recorded on its version. With two classes the
+(:func:`model.calibration.choose_aggregation`) and recorded on its version. With two classes the
 other class gets the complement; with more, every class is aggregated the same way and the row is
 renormalised.
 """
