@@ -149,6 +149,16 @@ class SplitSettings(Section):
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class TaskTraining(Section):
+    """One task's own values of the training settings that differ between tasks (``train.per_task``);
+    a key left out keeps the ``train`` value (the one place where a key may be absent)."""
+
+    epochs: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1)
+    warmup_epochs: float | None = Field(default=None, ge=0)
+
+
 class AugmentSettings(Section):
     """Training-time augmentation of a tile: the variations it could have had anyway."""
 
@@ -200,6 +210,15 @@ class TrainSettings(Section):
     # Also train each task on a random image-level split (the paper's mistake) and report its figures
     # beside the real ones, so the inflation is visible. Doubles training time; never registered.
     leakage_audit: bool
+    # Per task, the training values that differ from the ones above (TaskTraining's keys).
+    per_task: dict[TaskName, TaskTraining]
+
+    def for_task(self, task: str) -> TrainSettings:
+        """These settings with ``task``'s own values of ``per_task`` in place."""
+        own = self.per_task.get(task)  # type: ignore[call-overload]
+        if own is None:
+            return self
+        return self.model_copy(update={k: v for k, v in own.model_dump().items() if v is not None})
 
 
 class EvaluateSettings(Section):

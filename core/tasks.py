@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 
 MAMMOGRAPHY = ("mias", "ddsm", "cbis_ddsm")
+# Tile label sources of a task with a tissue label (docs/tables.md): its lesions, their training patches,
+# and the normal tissue of the same abnormal images.
+TISSUE_SOURCES = ("finding", "lesion_patch", "normal_tissue")
 NO_NORMALS = {
     "cbis_ddsm": "CBIS-DDSM has no normal images",
     "breakhis": "BreaKHis has no normal images",
@@ -38,11 +41,23 @@ class Task:
     warning: str | None = None
     external: tuple[str, ...] = ()
     """Collections of the same modality kept out of training and evaluated whole (external validation)."""
+    tissue_label: str | None = None
+    """A tile label (in ``label_map``) that trains as its class but never names an image: the normal
+    tissue of abnormal images, for a task whose images are all abnormal. Benign vs malignant scores an
+    image from every tile of it (as bulk scoring must), so its tiles learn that normal tissue is "no
+    malignancy here" instead of leaving what they say of it to chance. Normal images stay out."""
 
     def row_terms(self) -> list[tuple[str, tuple[str, ...]]]:
         """The one definition of the task's rows: ``(column, allowed values)`` terms that must all hold."""
         terms = [("collection", self.collections), ("label", tuple(self.label_map))]
+        if self.tissue_label is not None:  # the tissue of abnormal images, not normal images' tiles
+            terms.append(("label_source", TISSUE_SOURCES))
         return terms if self.modality == "any" else [("modality", (self.modality,)), *terms]
+
+    @property
+    def image_labels(self) -> tuple[str, ...]:
+        """The image labels the task classifies (image- and patient-level figures read these images)."""
+        return tuple(label for label in self.label_map if label != self.tissue_label)
 
     def sql_condition(self) -> str:
         """The task's rows as a Spark SQL condition over the tiles table."""
@@ -71,7 +86,7 @@ class Task:
         """Whether a collection can have this task's figures, and why not when it cannot."""
         if collection not in self.collections:
             return False, f"{collection} is not part of {self.name}"
-        if "normal" in self.label_map and collection in NO_NORMALS:
+        if "normal" in self.image_labels and collection in NO_NORMALS:
             return False, NO_NORMALS[collection]
         return True, ""
 
@@ -93,7 +108,8 @@ TASKS: dict[str, Task] = {
             MAMMOGRAPHY,
             ("benign", "malignant"),
             "malignant",
-            {"benign": 0, "malignant": 1},
+            {"benign": 0, "malignant": 1, "normal": 0},
+            tissue_label="normal",
         ),
         Task(
             "mammo_benign_vs_malignant_external",
@@ -101,7 +117,8 @@ TASKS: dict[str, Task] = {
             ("ddsm", "cbis_ddsm"),
             ("benign", "malignant"),
             "malignant",
-            {"benign": 0, "malignant": 1},
+            {"benign": 0, "malignant": 1, "normal": 0},
+            tissue_label="normal",
             # MIAS, digitised elsewhere from other films: CBIS-DDSM re-releases DDSM, so neither of those
             # two could be the external one without sharing images with the training set.
             external=("mias",),

@@ -135,12 +135,12 @@ def split_rows(frame: pd.DataFrame, task: Task, split: str, rule: SplitRule = BY
     """The rows of ``frame`` that are ``split``'s rows of ``task``, as a boolean mask.
 
     ``frame`` needs the columns the task's predicate and the rule read (``modality``, ``collection``,
-    ``label``, ``split``, ``image_id``).
+    ``label``, ``label_source``, ``split``, ``image_id``).
     """
     return task.rows_of(frame) & (rule.of(frame) == split).to_numpy()
 
 
-READ_COLUMNS = ["split", "image_id", "modality", "collection", "label", "pixels"]
+READ_COLUMNS = ["split", "image_id", "modality", "collection", "label", "label_source", "pixels"]
 
 
 def read_split(files: Sequence[str], task: Task, split: str, rule: SplitRule = BY_PATIENT) -> pd.DataFrame:

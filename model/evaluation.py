@@ -23,7 +23,17 @@ from model.metrics import auc_with_interval, confusion
 
 LEVELS = ("tile", "image", "patient")
 LESION_PATCH = "lesion_patch"  # the label_source of training patches (pipelines.tiling.lesion_patches)
-ID_COLUMNS = ["tile_id", "image_id", "patient_key", "modality", "collection", "split", "label", "image_label"]
+ID_COLUMNS = [
+    "tile_id",
+    "image_id",
+    "patient_key",
+    "modality",
+    "collection",
+    "split",
+    "label",
+    "label_source",
+    "image_label",
+]
 Predict = Callable[[list[bytes]], np.ndarray]
 
 
@@ -33,7 +43,7 @@ def split_batches(
     """The split's tiles of the task's collections (every split when ``split`` is None, for external
     collections), ``batch_rows`` at a time, pixels included.
 
-    The rows are the task's (:meth:`core.tasks.Task.row_terms`) but for the label term: every tile of
+    The rows are the task's (:meth:`core.tasks.Task.row_terms`) but for the label terms: every tile of
     an image counts (normal tissue and unlabelled ones too), since image-level scores must see what bulk
     scoring sees, where no label says which tiles matter; lesion-centred training patches are left out.
     """
@@ -42,7 +52,7 @@ def split_batches(
     dataset = ds.dataset([f.removeprefix("file:") for f in files], format="parquet")
     wanted = ds.scalar(True)
     for column, values in task.row_terms():
-        if column != "label":
+        if column not in ("label", "label_source"):
             wanted = wanted & ds.field(column).isin(list(values))
     # Lesion-centred patches are training rows only: figures see the grid, as bulk scoring does.
     wanted = wanted & (ds.field("label_source") != LESION_PATCH)
@@ -90,7 +100,7 @@ def level_frames(tiles: pd.DataFrame, task: Task, rule: AggregationRule) -> dict
     images = rule.images(tiles, task.classes, task.positive)
     meta = tiles.drop_duplicates("image_id").set_index("image_id")
     images = images.join(meta[["collection", "patient_key", "image_label"]], on="image_id")
-    images = images[images["image_label"].isin(list(task.label_map))]
+    images = images[images["image_label"].isin(list(task.image_labels))]
     images = images.assign(target=_positive_target(images["image_label"], task), score=images[score])
     keyed = images.assign(patient=images["collection"] + "/" + images["patient_key"])
     patients = aggregate(keyed, "patient", task.classes, task.positive, rule.patient_top_k, rule.patient_rule)

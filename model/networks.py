@@ -66,7 +66,7 @@ class CompactCNN(nn.Module):
     """A small network that trains in minutes on two CPU cores: the demo's default.
 
     Shapes: (N,3,224,224) -stem 5x5/2-> (N,16,112,112) -pool-> (N,16,56,56) -block-> (N,32,28,28)
-    -block-> (N,64,14,14) -block-> (N,96,7,7) -global average-> (N,96) -> classes.
+    -block-> (N,64,14,14) -block-> (N,96,7,7) -global average and max-> (N,192) -> classes.
     """
 
     def __init__(self, num_classes: int, dropout: float = 0.2) -> None:
@@ -89,12 +89,16 @@ class CompactCNN(nn.Module):
             block(32, 64),
             block(64, 96),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(p=dropout), nn.Linear(96, num_classes))
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.peak = nn.AdaptiveMaxPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(p=dropout), nn.Linear(192, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.classifier(self.pool(self.features(x)))
+        features = self.features(x)
+        # Average and maximum over the 7x7 map: a lesion a few cells wide in a 224 tile (a calcification
+        # cluster, a small mass) is diluted by the average alone (docs/models.md: the study).
+        return self.classifier(torch.cat([self.pool(features), self.peak(features)], 1))
 
 
 @dataclass(frozen=True)

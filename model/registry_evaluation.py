@@ -48,22 +48,28 @@ def pyfunc_predictor(model_uri: str) -> Any:
 
 
 def subgroup_attributes(spark: Any, images_table: str, image_ids: list[str]) -> pd.DataFrame:
-    """``image_id`` with the subgroup columns the images have: magnification, digitizer, density."""
+    """``image_id`` with the subgroup columns the images have: magnification, digitizer, density; and,
+    not a subgroup, ``collection`` and ``split_strategy`` (what drew the image's split; null: recorded
+    before strategies were, so by patient)."""
     from pyspark.sql import functions as F
 
     from pipelines.io import read_table
+    from pipelines.split import SPLIT_STRATEGY
 
     frame = (
         read_table(spark, images_table)
         .where(F.col("image_id").isin(image_ids))
         .select(
             "image_id",
+            "collection",
             "magnification",
             F.col("attributes")["digitizer"].alias("digitizer"),
             F.col("attributes")["density"].alias("density"),
+            F.col("attributes")[SPLIT_STRATEGY].alias("split_strategy"),
         )
         .toPandas()
     )
+    frame["split_strategy"] = frame["split_strategy"].fillna("patient")
     return frame.dropna(axis=1, how="all")
 
 
@@ -220,11 +226,21 @@ def compare_with_champion(
     )
 
 
-def split_kind(data: TaskData) -> str:
-    """How the test split the figures come from was drawn."""
+def split_kind(data: TaskData, strategies: pd.DataFrame | None = None) -> str:
+    """How the test split the figures come from was drawn.
+
+    Args:
+        strategies: ``collection, split_strategy`` of the test images (:func:`subgroup_attributes`);
+            collections split by their own division (``official``) are named.
+    """
     if data.rule.by != "patient":
         return "image-level random (the leakage audit)"
-    return "patient-level (groups of linked patients never span splits)"
+    kind = "patient-level (groups of linked patients never span splits)"
+    if strategies is not None and not strategies.empty:
+        official = sorted(set(strategies.loc[strategies["split_strategy"] == "official", "collection"]))
+        if official:
+            kind += f"; {', '.join(official)}: official (the collection's own test set, whole groups kept)"
+    return kind
 
 
 def gate(settings: Any) -> promotion.Gate:
@@ -244,7 +260,15 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
     tiles, levels, table = score_version(uri, data, task, threshold, rounds, aggregation)
     images = levels["image"]
     attributes = subgroup_attributes(spark, settings.lakehouse.table("images"), list(images["image_id"]))
-    subgroups = figures_frame(subgroup_figures(images, attributes, threshold, max(10, rounds // 5)))
+    strategies = attributes[["collection", "split_strategy"]] if "collection" in attributes else None
+    subgroups = figures_frame(
+        subgroup_figures(
+            images,
+            attributes.drop(columns=["collection", "split_strategy"], errors="ignore"),
+            threshold,
+            max(10, rounds // 5),
+        )
+    )
 
     champion = registry.alias_version(name, registry.CHAMPION, client)
     auc, low, high = patient_auc(table)
@@ -261,6 +285,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
     summary = [
         f"model {name} version {version}; task {task.name} ({task.positive} is positive)",
         f"data: {data.table} @ version {data.version}; counts {json.dumps(data.counts, sort_keys=True)}",
+        f"test split: {split_kind(data, strategies)}",
         f"threshold {threshold:.4f} ({tags.get('threshold.rule', '')}); temperature "
         f"{tags.get('calibration.temperature', '')}",
         f"promotion: {decision.summary()}",
@@ -278,7 +303,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         external=external_table(spark, uri, data, task, threshold, rounds, aggregation),
         grid=_grid(data.test_files, tiles, task, threshold),
         notes=notes,
-        comparison=comparison_frame(task, table, split_kind(data)),
+        comparison=comparison_frame(task, table, split_kind(data, strategies)),
     )
     written = write_report(report, folder, (task.classes[0], task.positive))
     with mlflow.start_run(run_id=registered.run_id):

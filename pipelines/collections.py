@@ -25,7 +25,7 @@ from pipelines.io import merge_into, read_table, table_exists
 from pipelines.links import HashedImage, find_links
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Scan
-from pipelines.split import ImageMeta, assign_splits, check_no_leak
+from pipelines.split import ImageMeta, assign_splits, check_no_leak, moved_by_official
 from pipelines.summary import CollectionSummary
 
 
@@ -142,10 +142,25 @@ def ingest_collections(
     ok = decoded.where(F.col("status") == "ok").withColumn("split", F.lit(None))
     new_meta = [m for m in _image_metadata(ok) if m["image_id"] not in known]
     fresh_split = _splits_for_new(settings, existing_meta, new_meta)
+    strategies = {m["image_id"]: settings.split.strategy.get(m["collection"], "patient") for m in new_meta}
     for name, scan in scans.items():  # files skipped by path, before decoding: already present
         summaries[name].already_present = len(scan.records) - sum(r["collection"] == name for r in outcome)
+        summaries[name].split_strategy = settings.split.strategy.get(name, "patient")
     kept = ingest.new_files(outcome, summaries.__getitem__, set(known))
-    ingest.merge_images(spark, decoded, kept, fresh_split, images_path, metadata)
+    ingest.merge_images(spark, decoded, kept, fresh_split, images_path, metadata, strategies)
+    official = settings.split.official()
+    placed = _split_metas(
+        {m["image_id"]: {**m, "split": fresh_split[m["image_id"]]} for m in new_meta}.values()
+    )
+    for name, moved in moved_by_official(placed, official).items():
+        summaries[name].moved_to_test = moved
+    for name in sorted(official & set(summaries)):
+        print(
+            f"ingest: {name} split by its own train/test division (split.strategy official): "
+            f"{summaries[name].moved_to_test} of its training-set images went to test with their patient "
+            "group (patients and linked re-releases never span splits)",
+            flush=True,
+        )
     decoded.unpersist()
 
     # The leak check runs on exactly the rows the images table now holds: those it held before this run

@@ -28,6 +28,7 @@ from pipelines.io import merge_into
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources import READERS
 from pipelines.sources.base import Rejection, Scan
+from pipelines.split import SPLIT_STRATEGY
 from pipelines.summary import CollectionSummary, count_outcome
 
 RECORD_SCHEMA = T.StructType(
@@ -121,15 +122,21 @@ def image_rows(decoded: DataFrame, chosen: DataFrame) -> DataFrame:
 
     Args:
         decoded: :func:`pipelines.decode.decode_images` output.
-        chosen: ``source_key, split``: the one file kept per new content hash (the driver picked it, so
-            no shuffle moves pixels to deduplicate) and the image's split.
+        chosen: ``source_key, split, split_strategy``: the one file kept per new content hash (the
+            driver picked it, so no shuffle moves pixels to deduplicate), the image's split and the
+            strategy that drew it (null: none recorded), kept as ``attributes['split_strategy']``.
 
     Returns:
         Rows in the ``images`` contract of docs/tables.md, one per distinct content hash.
     """
+    strategy = F.col("split_strategy")
+    attributes = F.when(strategy.isNull(), F.col("attributes")).otherwise(
+        F.map_concat(F.col("attributes"), F.create_map(F.lit(SPLIT_STRATEGY), strategy))
+    )
     return (
         decoded.where(F.col("status") == "ok")
         .join(F.broadcast(chosen), "source_key")
+        .withColumn("attributes", attributes)
         .select(
             "image_id",
             "collection",
@@ -317,15 +324,22 @@ def merge_images(
     splits: Mapping[str, str] | None,
     path: str,
     metadata: Mapping[str, Any],
+    strategies: Mapping[str, str] | None = None,
 ) -> None:
     """MERGE the kept files' :func:`image_rows` into the images table at ``path``.
 
     Args:
         kept: :func:`new_files`.
         splits: ``image_id -> split`` for every kept image; ``None`` for images without a split (landing).
+        strategies: ``image_id -> split strategy`` (``patient``, ``official``) that drew the split,
+            kept in the image's ``attributes['split_strategy']``; ``None`` for none.
     """
+    strategies = strategies or {}
     chosen = spark.createDataFrame(
-        sorted((key, None if splits is None else splits[image]) for image, key in kept.items()),
-        "source_key string, split string",
+        sorted(
+            (key, None if splits is None else splits[image], strategies.get(image))
+            for image, key in kept.items()
+        ),
+        "source_key string, split string, split_strategy string",
     )
     merge_into(spark, image_rows(decoded, chosen), path, ["image_id"], metadata)

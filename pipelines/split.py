@@ -17,6 +17,8 @@ from core.ids import stable_id
 from pipelines.sources.base import SEVERITY
 
 SPLITS = ("train", "val", "test")
+SPLIT_STRATEGY = "split_strategy"
+"""The images' ``attributes`` key naming the strategy that drew their split (``patient``, ``official``)."""
 
 
 class SplitLeak(RuntimeError):
@@ -150,12 +152,14 @@ def assign_splits(
     return {image.image_id: decided[group_of[patient_node(image)]] for image in images if image.split is None}
 
 
-def moved_by_official(images: Iterable[ImageMeta], official: frozenset[str]) -> int:
-    """Images of an official collection's training set that are in ``test``: their group (the same
-    patient's test-set image, or a linked re-release) took them there."""
-    return sum(
-        1 for i in images if i.collection in official and i.official == "training" and i.split == "test"
-    )
+def moved_by_official(images: Iterable[ImageMeta], official: frozenset[str]) -> dict[str, int]:
+    """Per official collection, its images of the collection's own training set that are in ``test``:
+    their group (the same patient's test-set image, or a linked re-release) took them there."""
+    moved: dict[str, int] = defaultdict(int)
+    for i in images:
+        if i.collection in official and i.official == "training" and i.split == "test":
+            moved[i.collection] += 1
+    return dict(moved)
 
 
 def check_no_leak(images: Iterable[ImageMeta], links: Iterable[tuple[str, str]]) -> None:

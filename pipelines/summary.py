@@ -22,6 +22,11 @@ class CollectionSummary:
     auxiliary: int = 0
     rejected_rows: int = 0
     labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
+    split_strategy: str = "patient"
+    """``split.strategy`` for the collection: what drew the splits of this run's new images."""
+    moved_to_test: int = 0
+    """With ``official``: this run's new images of the collection's own training set that went to
+    ``test`` with their group (the same patient's test-set image, or a linked re-release)."""
 
     def balanced(self) -> bool:
         return self.seen == self.ingested + self.already_present + self.quarantined

@@ -158,7 +158,8 @@ def _slides(
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of an RGB uint8 array (deterministic: no timestamps or text chunks)."""
+    """PNG bytes of an RGB uint8 array (deterministic: no timestamps or text chunks). zlib level 3: a
+    quarter of the default level's time for 8 % more bytes (the corpus's slowest step was this)."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()

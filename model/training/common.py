@@ -124,7 +124,7 @@ class TrainPlan:
         resume: bool = False,
     ) -> TrainPlan:
         """The plan for ``task`` on ``data`` in ``num_proc`` workers, from the ``train`` settings."""
-        train, train_counts = settings.train, data.counts.get("train", {})
+        train, train_counts = settings.train.for_task(task.name), data.counts.get("train", {})
         return cls(
             task=task,
             network=train.network,

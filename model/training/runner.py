@@ -147,6 +147,15 @@ def fit_task(
         plan = TrainPlan.build(
             settings, task, data, num_proc, str(directory), resume=resume_run_id is not None
         )
+        if resume_run_id is None:  # the task's own values (train.per_task) as it trains with them
+            mlflow.log_params(
+                {
+                    "epochs": plan.epochs,
+                    "learning_rate": plan.learning_rate,
+                    "patience": plan.patience,
+                    "steps_per_epoch": plan.steps_per_epoch,
+                }
+            )
         backend = settings.train.backend
         if resume_run_id is not None:
             latest = latest_checkpoint(str(directory))

@@ -18,8 +18,10 @@ def _tiles() -> pd.DataFrame:
     for i, (collection, modality) in enumerate([*kinds, ("breakhis", "histology")] * 6):
         label = ["normal", "benign", "malignant", None][(i // 4) % 4]
         image_id = hashlib.sha256(str(i).encode()).hexdigest()
-        rows.append((f"t{i}", image_id, collection, modality, label, ["train", "val", "test"][i % 3]))
-    return pd.DataFrame(rows, columns=["tile_id", "image_id", "collection", "modality", "label", "split"])
+        source = {"normal": ["normal_image", "normal_tissue"][i % 2], None: "ambiguous"}.get(label, "finding")
+        rows.append((f"t{i}", image_id, collection, modality, label, source, ["train", "val", "test"][i % 3]))
+    columns = ["tile_id", "image_id", "collection", "modality", "label", "label_source", "split"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -41,6 +43,20 @@ def test_a_task_keeps_only_its_collections_and_known_labels() -> None:
         "modality = 'mammography' AND collection IN ('mias', 'ddsm') "
         "AND label IN ('normal', 'benign', 'malignant')"
     )
+
+
+def test_benign_vs_malignant_learns_the_normal_tissue_of_abnormal_images_only() -> None:
+    """Its image scores read every tile of an image: normal tissue of abnormal images trains as
+    "no malignancy"; normal images stay out of its tiles and of its image-level figures."""
+    task, frame = TASKS["mammo_benign_vs_malignant"], _tiles()
+    kept = frame[task.rows_of(frame)]
+    normal = kept[kept["label"] == "normal"]
+    assert len(normal) and set(normal["label_source"]) == {"normal_tissue"}
+    assert set(kept["label"]) == {"normal", "benign", "malignant"}
+    assert task.label_map["normal"] == task.label_map["benign"] == 0
+    assert task.image_labels == ("benign", "malignant")
+    assert task.applicable("cbis_ddsm") == (True, "")  # no normal images needed
+    assert TASKS["mammo_normal_vs_abnormal"].image_labels == ("normal", "benign", "malignant")
 
 
 def test_image_level_split_rule_agrees_between_spark_and_pandas(spark: SparkSession) -> None:

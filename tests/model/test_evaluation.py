@@ -25,7 +25,7 @@ def _tile(tile: str, image: str, patient: str, label: str | None, image_label: s
 
 
 def _write(rows: list[dict], path: Path) -> str:
-    frame = pd.DataFrame(rows, columns=[*ID_COLUMNS, "label_source"]).assign(pixels=[b"png"] * len(rows))
+    frame = pd.DataFrame(rows, columns=ID_COLUMNS).assign(pixels=[b"png"] * len(rows))
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
     return f"file:{path}"
 

@@ -20,9 +20,9 @@ import torch
 from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
-from conf import Settings, load_settings
+from conf import ConfigError, Settings, load_settings
 from core.aggregation import RULES
-from core.tasks import TASKS, SplitRule
+from core.tasks import TASKS
 from model import registry
 from model.data import IGNORE
 from model.registry_evaluation import evaluate_tasks, evaluate_version, external_table
@@ -30,10 +30,8 @@ from model.tracking import use_tracking
 from model.training.common import COSINE_FLOOR, TaskData, TrainPlan, latest_checkpoint, task_data
 from model.training.runner import Refused, fit_task, train_tasks
 from model.training.worker import task_batches
-from pipelines.collections import ingest_collections
 from pipelines.io import current_version, read_table
 from pipelines.pseudonym import DEMO_SECRET
-from pipelines.tiles import tile_images
 
 TASK = TASKS["histo_benign_vs_malignant"]
 
@@ -223,43 +221,6 @@ def test_a_network_that_cannot_take_the_tile_size_is_refused_before_any_spark_wo
     assert not (tmp_path / "no-lake").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_the_model_learns_on_the_tiny_profile(spark: SparkSession, tmp_path: Path) -> None:
-    """Two workers, the tiny profile's epochs: histology tiles are told apart well above chance."""
-    import numpy as np
-
-    from synth import breakhis
-
-    # BreaKHis alone, enough slides that the test split holds a few dozen images: with a handful, its AUC
-    # swings with whichever patients land there.
-    root = tmp_path / breakhis.ROOT
-    root.mkdir()
-    size = (breakhis.SIZE[0] // 4, breakhis.SIZE[1] // 4)  # what the tiny corpus's downscale 16 gives
-    breakhis.generate(root, 150, size, 0, np.random.default_rng(7), lambda _: None)
-    settings = module_settings(str(tmp_path / "lake"), tmp_path)
-    ingest_collections(spark, settings, {"breakhis": str(root)}, b"learns")
-    tile_images(spark, settings)
-    tiles_table = settings.lakehouse.table("tiles")
-    data = task_data(spark, tiles_table, current_version(spark, tiles_table), TASK)
-    assert set(data.counts["test"]) == {"benign", "malignant"}
-    [result] = train_tasks(spark, settings, [TASK.name])
-    name = registry.model_name(settings, TASK.name)
-    table = evaluate_version(spark, settings, TASK, name, result["version"])["figures"]
-    tile_auc = table[(table["level"] == "tile") & (table["collection"] == "all")]["auc"].iloc[0]
-    print(f"test tile AUC {tile_auc:.3f}, best validation AUC {result['best_auc']:.3f}; {data.counts}")
-    # Seen: test 0.88 for validation 0.90 (the classes overlap by design: atypia is drawn per image).
-    assert result["best_auc"] > 0.8
-    assert tile_auc > 0.75
-
-    # Leakage audit: the same training on a random image-level split, reported beside the real figures.
-    audit_data = task_data(spark, data.table, data.version, TASK, SplitRule("image"))
-    assert audit_data.rule.by == "image" and sum(audit_data.counts["test"].values()) > 0
-    audit = fit_task(spark, settings, TASK, audit_data, num_proc=2)
-    assert audit["version"] is None  # never registered
-    MlflowClient().set_model_version_tag(name, result["version"], "audit.run_id", audit["run_id"])
-    report = evaluate_version(spark, settings, TASK, name, result["version"])["report"].read_text()
-    assert "Leakage audit" in report and "image-level split (leaky)" in report
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
 def test_a_killed_training_resumes_from_its_last_checkpoint(
@@ -361,3 +322,17 @@ def test_the_learning_rate_warms_up_then_follows_its_schedule(tmp_path: Path) ->
     assert rates[-1] == pytest.approx(COSINE_FLOOR)
     constant = dataclasses.replace(plan, schedule="constant")
     assert [constant.learning_rate_at(s, 1.0) for s in range(warm, steps + 1)] == [1.0] * (steps - warm + 1)
+
+
+def test_a_task_trains_with_its_own_values_where_train_per_task_has_them(tmp_path: Path) -> None:
+    data = TaskData("tiles", 0, "", {"train": {"benign": 64}}, (), (), ())
+    own = "train.per_task={histo_benign_vs_malignant: {learning_rate: 0.001, epochs: 11}}"
+    settings = module_settings(str(tmp_path / "lake"), tmp_path, "train.epochs=4", own)
+    plan = TrainPlan.build(settings, TASK, data, 1, str(tmp_path))
+    assert (plan.learning_rate, plan.epochs, plan.patience) == (0.001, 11, settings.train.patience)
+    other = TrainPlan.build(settings, TASKS["mammo_normal_vs_abnormal"], data, 1, str(tmp_path))
+    assert (other.learning_rate, other.epochs) == (settings.train.learning_rate, 4)
+    with pytest.raises(ConfigError, match="per_task"):
+        module_settings(
+            str(tmp_path / "lake"), tmp_path, "train.per_task={histo_benign_vs_malignant: {seed: 1}}"
+        )

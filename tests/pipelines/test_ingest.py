@@ -66,6 +66,8 @@ def test_tables_follow_the_contract_and_record_their_config(
     for column in images.columns:
         assert re.search(rf"[|,] {column}\b", documented), f"{column} is not in docs/tables.md"
     assert images.where(F.col("split").isNull() | F.col("patient_key").isNull()).count() == 0
+    strategies = images.select(F.col("attributes")["split_strategy"].alias("s")).distinct().collect()
+    assert [r["s"] for r in strategies] == ["patient"]  # the default strategy, recorded on each image
     history = spark.sql(f"DESCRIBE HISTORY delta.`{settings.lakehouse.table('images')}`").collect()
     recorded = json.loads(history[-1]["userMetadata"])
     assert recorded["job"] == "ingest"
@@ -94,6 +96,32 @@ def test_cbis_re_releases_of_ddsm_films_are_linked_and_share_a_split(
         assert {(cbis["image_id"], ddsm["image_id"]), (ddsm["image_id"], cbis["image_id"])} & links, link
         assert cbis["split"] == ddsm["split"], link
         assert cbis["patient_key"] != ddsm["patient_key"]  # two pseudonyms, one group
+
+
+def test_the_official_strategy_keeps_cbis_ddsms_test_set_and_says_so(spark: SparkSession, tmp_path) -> None:
+    """``split.strategy: {cbis_ddsm: official}``: CBIS-DDSM's own test set is all in ``test``, its
+    training set is dealt between train and val (but for images whose patient group holds a test image,
+    which the summary counts: the real division has such patients; splitting them is tests/pipelines/
+    test_split.py's), and each image records the strategy that drew its split."""
+    import numpy as np
+
+    from synth import cbis_ddsm
+
+    root = tmp_path / cbis_ddsm.ROOT
+    root.mkdir()
+    cbis_ddsm.generate(root, 48, 16, 0, np.random.default_rng(3), lambda _: None)
+    settings = _settings(tmp_path / "lake", "split.strategy={cbis_ddsm: official}")
+    [summary] = ingest_collections(spark, settings, {"cbis_ddsm": str(root)}, SECRET).values()
+    assert summary.split_strategy == "official" and summary.balanced()
+    rows = read_table(spark, settings.lakehouse.table("images")).select("split", "attributes").collect()
+    division = [(r["attributes"]["official_split"], r["split"]) for r in rows]
+    assert {official for official, _ in division} == {"training", "test"}
+    assert {split for official, split in division if official == "test"} == {"test"}
+    assert {split for official, split in division if official == "training"} >= {"train", "val"}
+    assert summary.moved_to_test == sum(
+        1 for official, split in division if (official, split) == ("training", "test")
+    )
+    assert {r["attributes"]["split_strategy"] for r in rows} == {"official"}
 
 
 def test_cbis_mask_is_told_from_the_crop_by_its_pixels(

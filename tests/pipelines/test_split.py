@@ -136,7 +136,7 @@ def test_an_official_division_is_honoured_and_the_patient_still_wins() -> None:
         ImageMeta(i.image_id, i.collection, i.patient_key, i.label, splits[i.image_id], i.official)
         for i in images
     ]
-    assert moved_by_official(placed, frozenset({"cbis_ddsm"})) == 1  # c-1
+    assert moved_by_official(placed, frozenset({"cbis_ddsm"})) == {"cbis_ddsm": 1}  # c-1
     check_no_leak(placed, [("d-5", "c-5")])
     # Without the strategy the division is ignored: dealt by stratum as before.
     plain = assign_splits(images, [("d-5", "c-5")], fractions, 0)

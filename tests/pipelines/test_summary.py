@@ -80,6 +80,8 @@ def test_write_json_writes_every_count_and_the_extra_keys(tmp_path: Path) -> Non
                 "auxiliary": 0,
                 "rejected_rows": 0,
                 "labels": {"normal": 0, "benign": 1, "malignant": 0},
+                "split_strategy": "patient",
+                "moved_to_test": 0,
             }
         },
         "scored": 7,
