@@ -139,6 +139,10 @@ class SplitSettings(Section):
         """The collections whose own division is honoured."""
         return frozenset(name for name, rule in self.strategy.items() if rule == "official")
 
+    def strategy_of(self, collection: str) -> str:
+        """``patient`` or ``official``: what deals a collection's new images."""
+        return "official" if collection in self.official() else "patient"
+
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitSettings:
         if abs(self.train + self.val + self.test - 1) > 1e-6:
@@ -235,6 +239,8 @@ class EvaluateSettings(Section):
     # exists, the paired-bootstrap interval of the AUC difference lies above promotion_margin.
     min_auc: float = Field(ge=0, le=1)
     promotion_margin: float = Field(ge=-1, le=1)
+    # ... and with at least this many test patients of each class behind the AUC.
+    min_patients: int = Field(ge=1)
     # Reports are written under <lakehouse.root>/<reports>/<model name>/v<version>/.
     reports: str
 

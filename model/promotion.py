@@ -1,12 +1,15 @@
 """The promotion gate: a version becomes ``champion`` only if it is good enough, and better than the champion.
 
-Three conditions, all on the challenger's test split (the tiles table version its lineage pins), all
+Four conditions, all on the challenger's test split (the tiles table version its lineage pins), all
 required, the first version of a model included:
 
 1. **floor**: its patient-level test AUC reaches ``evaluate.min_auc`` (default 0.70);
 2. **interval**: the lower end of that AUC's patient-bootstrap 95% interval is above 0.5 (a model whose
    figure could be chance on this many patients is not promoted, however high the point estimate);
-3. **champion**: when a champion exists, the challenger beats it on the same test patients: the champion
+3. **patients**: the test split holds at least ``evaluate.min_patients`` (default 5) patients of each
+   class: with one or two, every bootstrap resample that has both classes holds the same pair, and the
+   "interval" of a perfect ranking is 1.000-1.000;
+4. **champion**: when a champion exists, the challenger beats it on the same test patients: the champion
    is re-scored on the challenger's test split at its own threshold and rule, and a paired bootstrap over
    those patients (both models' scores resampled together) gives the AUC difference challenger - champion
    and its 95% interval, whose lower end must be above ``evaluate.promotion_margin`` (default 0: better
@@ -26,15 +29,16 @@ from mlflow import MlflowClient
 
 from model.registry import CHAMPION
 
-CONDITIONS = ("floor", "interval", "champion")
+CONDITIONS = ("floor", "interval", "patients", "champion")
 
 
 @dataclass(frozen=True)
 class Gate:
-    """The gate's settings (``evaluate.min_auc``, ``evaluate.promotion_margin``)."""
+    """The gate's settings: ``evaluate.min_auc``, ``evaluate.promotion_margin``, ``evaluate.min_patients``."""
 
     min_auc: float = 0.70
     margin: float = 0.0
+    min_patients: int = 5
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Decision:
             "promotion.failed": ",".join(self.failed),
             "promotion.min_auc": f"{self.gate.min_auc:g}",
             "promotion.margin": f"{self.gate.margin:g}",
+            "promotion.min_patients": str(self.gate.min_patients),
             "promotion.challenger_patient_auc": number(self.challenger_auc),
             "promotion.challenger_patient_auc_low": number(self.challenger_low),
             "promotion.challenger_patient_auc_high": number(self.challenger_high),
@@ -111,14 +116,17 @@ def decide(
     challenger_high: float,
     comparison: Comparison | None,
     gate: Gate = Gate(),
+    patients: tuple[int, int] | None = None,
 ) -> Decision:
-    """Apply the three conditions (module docstring); every failed one is named in the reason.
+    """Apply the four conditions (module docstring); every failed one is named in the reason.
 
     Args:
         challenger_auc, challenger_low, challenger_high: the challenger's patient-level test AUC and its
             patient-bootstrap 95% interval (NaN when undefined).
         comparison: against the champion, or None when the model has no champion yet.
-        gate: the floor and the margin.
+        gate: the floor, the margin and the patients per class.
+        patients: the test patients of the positive and of the other class behind the AUC; None when
+            not counted (the condition is then not applied).
     """
     failed, why = [], []
     if math.isnan(challenger_auc) or challenger_auc < gate.min_auc:
@@ -127,6 +135,12 @@ def decide(
     if _below(challenger_low, 0.5):
         failed.append("interval")
         why.append(f"the lower end of its 95% interval ({challenger_low:.3f}) is not above 0.5")
+    if patients is not None and min(patients) < gate.min_patients:
+        failed.append("patients")
+        why.append(
+            f"its test split holds {patients[0]} positive / {patients[1]} other patients, fewer than "
+            f"evaluate.min_patients {gate.min_patients} of each class"
+        )
     if comparison is not None and _below(comparison.low, gate.margin):
         failed.append("champion")
         why.append(

@@ -106,6 +106,15 @@ def _history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def patient_counts(table: pd.DataFrame) -> tuple[int, int] | None:
+    """The test patients of each class (positive, other) behind the patient-level AUC."""
+    row = table[(table["level"] == "patient") & (table["collection"] == "all")]
+    if row.empty or "patients_positive" not in row:
+        return None
+    first = row.iloc[0]
+    return int(first["patients_positive"]), int(first["patients_negative"])
+
+
 def patient_auc(table: pd.DataFrame) -> tuple[float, float, float]:
     """The figures the promotion gate reads: patient-level AUC over all the task's collections and its
     95% interval (NaN when undefined)."""
@@ -245,7 +254,8 @@ def split_kind(data: TaskData, strategies: pd.DataFrame | None = None) -> str:
 
 def gate(settings: Any) -> promotion.Gate:
     """The promotion gate's settings."""
-    return promotion.Gate(settings.evaluate.min_auc, settings.evaluate.promotion_margin)
+    evaluate = settings.evaluate
+    return promotion.Gate(evaluate.min_auc, evaluate.promotion_margin, evaluate.min_patients)
 
 
 def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: str) -> dict[str, Any]:
@@ -278,7 +288,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         comparison = None
         if champion is not None:
             comparison = compare_with_champion(name, champion, data, task, levels["patient"], rounds)
-        decision = promotion.decide(auc, low, high, comparison, gate(settings))
+        decision = promotion.decide(auc, low, high, comparison, gate(settings), patient_counts(table))
         promotion.record(name, str(version), decision, client)
 
     folder = Path(settings.lakehouse.root) / settings.evaluate.reports / name / f"v{version}"

@@ -142,10 +142,10 @@ def ingest_collections(
     ok = decoded.where(F.col("status") == "ok").withColumn("split", F.lit(None))
     new_meta = [m for m in _image_metadata(ok) if m["image_id"] not in known]
     fresh_split = _splits_for_new(settings, existing_meta, new_meta)
-    strategies = {m["image_id"]: settings.split.strategy.get(m["collection"], "patient") for m in new_meta}
+    strategies = {m["image_id"]: settings.split.strategy_of(m["collection"]) for m in new_meta}
     for name, scan in scans.items():  # files skipped by path, before decoding: already present
         summaries[name].already_present = len(scan.records) - sum(r["collection"] == name for r in outcome)
-        summaries[name].split_strategy = settings.split.strategy.get(name, "patient")
+        summaries[name].split_strategy = settings.split.strategy_of(name)
     kept = ingest.new_files(outcome, summaries.__getitem__, set(known))
     ingest.merge_images(spark, decoded, kept, fresh_split, images_path, metadata, strategies)
     official = settings.split.official()

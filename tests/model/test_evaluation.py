@@ -119,6 +119,27 @@ def test_the_report_compares_with_published_figures_of_the_same_kind() -> None:
     assert any(split.startswith("official") for split in mammography["split"])
 
 
+def test_the_split_kind_names_the_collections_split_by_their_own_division() -> None:
+    from model.registry_evaluation import split_kind
+    from model.training.common import TaskData
+
+    data = TaskData("tiles", 0, "", {}, (), (), ())
+    strategies = pd.DataFrame(
+        {
+            "collection": ["mias", "cbis_ddsm", "cbis_ddsm"],
+            "split_strategy": ["patient", "official", "official"],
+        }
+    )
+    assert split_kind(data) == "patient-level (groups of linked patients never span splits)"
+    assert split_kind(data, strategies).endswith(
+        "; cbis_ddsm: official (the collection's own test set, whole groups kept)"
+    )
+    assert split_kind(data, strategies[strategies["collection"] == "mias"]) == split_kind(data)
+    assert split_kind(TaskData("tiles", 0, "", {}, (), (), (), SplitRule("image")), strategies).startswith(
+        "image-level"
+    )
+
+
 def test_report_tables_print_counts_as_integers_and_patients_per_class() -> None:
     from model.report import _markdown_table
 

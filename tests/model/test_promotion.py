@@ -1,4 +1,4 @@
-"""The promotion gate: every branch of ``decide`` (floor, chance, champion, margin), and ``record``
+"""The promotion gate: every branch of ``decide`` (floor, chance, patients, champion, margin), and ``record``
 against a real MLflow registry."""
 
 from __future__ import annotations
@@ -42,6 +42,16 @@ def test_a_first_model_below_the_floor_or_at_chance_is_not_promoted(
     assert ("95% interval" in decision.reason) == ("interval" in failed)
 
 
+def test_a_figure_from_too_few_test_patients_is_not_promoted() -> None:
+    """One patient of a class: a perfect ranking's bootstrap interval is 1.000-1.000, and proves nothing."""
+    lucky = decide(1.0, 1.0, 1.0, None, Gate(), patients=(1, 1))
+    assert not lucky.promoted and lucky.failed == ("patients",)
+    assert "1 positive / 1 other patients, fewer than evaluate.min_patients 5" in lucky.reason
+    assert decide(0.82, 0.71, 0.93, None, Gate(), patients=(5, 9)).promoted
+    assert decide(0.82, 0.71, 0.93, None, Gate(min_patients=10), patients=(5, 9)).failed == ("patients",)
+    assert lucky.tags()["promotion.min_patients"] == "5"
+
+
 def test_the_floor_is_configurable() -> None:
     assert decide(0.64, 0.52, 0.8, None, Gate(min_auc=0.6)).promoted
     assert decide(0.64, 0.52, 0.8, None, Gate(min_auc=0.65)).failed == ("floor",)
@@ -82,6 +92,7 @@ def test_the_decision_is_written_as_tags() -> None:
         "promotion.failed": "",
         "promotion.min_auc": "0.7",
         "promotion.margin": "0",
+        "promotion.min_patients": "5",
         "promotion.challenger_patient_auc": "0.8123",
         "promotion.challenger_patient_auc_low": "0.7000",
         "promotion.challenger_patient_auc_high": "0.9000",
