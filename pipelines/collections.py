@@ -148,19 +148,6 @@ def ingest_collections(
         summaries[name].split_strategy = settings.split.strategy_of(name)
     kept = ingest.new_files(outcome, summaries.__getitem__, set(known))
     ingest.merge_images(spark, decoded, kept, fresh_split, images_path, metadata, strategies)
-    official = settings.split.official()
-    placed = _split_metas(
-        {m["image_id"]: {**m, "split": fresh_split[m["image_id"]]} for m in new_meta}.values()
-    )
-    for name, moved in moved_by_official(placed, official).items():
-        summaries[name].moved_to_test = moved
-    for name in sorted(official & set(summaries)):
-        print(
-            f"ingest: {name} split by its own train/test division (split.strategy official): "
-            f"{summaries[name].moved_to_test} of its training-set images went to test with their patient "
-            "group (patients and linked re-releases never span splits)",
-            flush=True,
-        )
     decoded.unpersist()
 
     # The leak check runs on exactly the rows the images table now holds: those it held before this run
@@ -170,8 +157,21 @@ def ingest_collections(
     for meta in new_meta:
         final_meta.setdefault(meta["image_id"], {**meta, "split": fresh_split[meta["image_id"]]})
     links = _links(settings, final_meta.values())
-    check_no_leak(_split_metas(final_meta.values()), links)
+    placed = _split_metas(final_meta.values())
+    check_no_leak(placed, links)
     print(f"ingest: splits checked: no patient or linked group spans two splits ({len(links)} links)")
+
+    official = settings.split.official()
+    this_run = [image for image in placed if image.image_id in fresh_split]
+    for name, moved in moved_by_official(this_run, official).items():
+        summaries[name].moved_to_test = moved
+    for name in sorted(official & set(summaries)):
+        print(
+            f"ingest: {name} split by its own train/test division (split.strategy official): "
+            f"{summaries[name].moved_to_test} of its training-set images went to test with their patient "
+            "group (patients and linked re-releases never span splits)",
+            flush=True,
+        )
 
     for meta in final_meta.values():
         if meta["collection"] in summaries:
