@@ -166,7 +166,8 @@ def test_evaluation_reports_three_levels_and_gates_even_the_first_version(
     )
     card = registry.find_version(trained.name, version=version).description
     assert "Not a diagnostic device" in card and "95%" in card and "Aggregation: an image is" in card
-    assert "Promotion: not promoted" in card and "evaluate.min_auc" in card
+    assert "Promotion: not promoted" in card and "evaluate.min_patients" in card
+    assert ("evaluate.min_auc" in card) == ("floor" in decision.failed)
     assert "not promoted (stays challenger)" in report.read_text()
     assert any(a.path == "evaluation" for a in MlflowClient().list_artifacts(trained.result["run_id"]))
 
