@@ -107,7 +107,12 @@ class NormaliseSettings(Section):
 
 class TileSettings(Section):
     size: int = Field(ge=16)
+    # The grid of every image that is scored (val, test, landed and bulk-scored images): a stride below
+    # the size overlaps the tiles, so a lesion on one tile's edge is whole in its neighbour.
     stride: int = Field(ge=8)
+    # The grid of training-split images: their lesions also give lesion-centred patches, and an overlap
+    # there would multiply the epoch's tiles (and its time) for little new.
+    train_stride: int = Field(ge=8)
     # Tiles with less tissue than this fraction are background and are dropped.
     min_tissue: float = Field(ge=0, le=1)
     # A tile takes a finding's label when the overlap reaches this (|tile ∩ finding| / min of the areas).
@@ -119,6 +124,16 @@ class TileSettings(Section):
     # lesion_patch), shifted by up to lesion_jitter x size; 0 turns them off. Never in val or test.
     lesion_patches: int = Field(ge=0)
     lesion_jitter: float = Field(ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _grids_cover(self) -> TileSettings:
+        for key in ("stride", "train_stride"):
+            if getattr(self, key) > self.size:
+                raise ValueError(
+                    f"tiles.{key} {getattr(self, key)} exceeds tiles.size {self.size}: pixels between "
+                    "tiles would never be read"
+                )
+        return self
 
 
 class SplitSettings(Section):

@@ -61,7 +61,8 @@ TILE_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class TileOptions:
-    """Plain values shipped to the executors."""
+    """Plain values shipped to the executors (``stride``: the grid of scored images; ``train_stride``:
+    that of training-split images, the same when ``None``)."""
 
     size: int
     stride: int
@@ -69,6 +70,11 @@ class TileOptions:
     overlap_threshold: float
     lesion_patches: int = 0
     lesion_jitter: float = 0.25
+    train_stride: int | None = None
+
+    def stride_of(self, split: str | None) -> int:
+        """The grid stride of an image of this split (``None``: a landed image)."""
+        return self.train_stride if split == "train" and self.train_stride is not None else self.stride
 
     @classmethod
     def from_settings(cls, tiles: TileSettings) -> TileOptions:
@@ -79,6 +85,7 @@ class TileOptions:
             tiles.overlap_threshold,
             tiles.lesion_patches,
             tiles.lesion_jitter,
+            tiles.train_stride,
         )
 
 
@@ -140,7 +147,7 @@ def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
         row["label"],
         regions,
         options.size,
-        options.stride,
+        options.stride_of(row["split"]),
         options.min_tissue,
         options.overlap_threshold,
     )
