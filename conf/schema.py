@@ -107,12 +107,12 @@ class NormaliseSettings(Section):
 
 class TileSettings(Section):
     size: int = Field(ge=16)
-    # The grid of every image that is scored (val, test, landed and bulk-scored images): a stride below
-    # the size overlaps the tiles, so a lesion on one tile's edge is whole in its neighbour.
+    # The grid's step: training-split images are cut on it (their lesions also give lesion-centred
+    # patches; an overlap there would multiply an epoch's tiles and time for little new).
     stride: int = Field(ge=8)
-    # The grid of training-split images: their lesions also give lesion-centred patches, and an overlap
-    # there would multiply the epoch's tiles (and its time) for little new.
-    train_stride: int = Field(ge=8)
+    # Per modality, the step for the images that are scored (val, test, landed): below the size, tiles
+    # overlap, so a lesion on one tile's edge is whole in a neighbour. Modalities not named use stride.
+    scored_stride: dict[Literal["mammography", "histology"], int]
     # Tiles with less tissue than this fraction are background and are dropped.
     min_tissue: float = Field(ge=0, le=1)
     # A tile takes a finding's label when the overlap reaches this (|tile ∩ finding| / min of the areas).
@@ -127,11 +127,12 @@ class TileSettings(Section):
 
     @model_validator(mode="after")
     def _grids_cover(self) -> TileSettings:
-        for key in ("stride", "train_stride"):
-            if getattr(self, key) > self.size:
+        steps = [("stride", self.stride), *((f"scored_stride.{m}", s) for m, s in self.scored_stride.items())]
+        for key, value in steps:
+            if not 8 <= value <= self.size:
                 raise ValueError(
-                    f"tiles.{key} {getattr(self, key)} exceeds tiles.size {self.size}: pixels between "
-                    "tiles would never be read"
+                    f"tiles.{key} is {value}: it must lie between 8 and tiles.size {self.size} (a larger "
+                    "step leaves pixels between tiles that are never read)"
                 )
         return self
 

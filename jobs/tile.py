@@ -3,10 +3,11 @@
     oncolake tile [--summary-json FILE] [--config NAME|FILE] [--set tiles.size=224 ...]
     spark-submit --py-files dist/oncolake-0.1.0.zip jobs/tile.py --config cluster
 
-Reads the images and annotations tables, cuts every image not yet tiled on a ``tiles.size`` /
-``tiles.stride`` grid in the executors, drops background tiles, labels the rest from the geometry of the
-collections' own findings, and MERGEs them by tile id (re-running adds nothing). Fails if any patient's
-tiles span two splits.
+Reads the images and annotations tables, cuts every image not yet tiled on a grid of ``tiles.size``
+tiles ``tiles.stride`` apart (``tiles.scored_stride`` per modality for the images that are scored: half a
+tile for mammograms by default, so a lesion on one tile's edge is whole in a neighbour) in the executors,
+drops background tiles, labels the rest from the geometry of the collections' own findings, and MERGEs
+them by tile id (re-running adds nothing). Fails if any patient's tiles span two splits.
 """
 
 from __future__ import annotations

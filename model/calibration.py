@@ -70,10 +70,13 @@ def choose_aggregation(
 ) -> tuple[AggregationRule, list[dict[str, Any]]]:
     """The tile -> image and image -> patient rules, each fixed or (``auto``) chosen on validation scores.
 
-    The image rule is the candidate (:data:`IMAGE_CANDIDATES`) with the highest image-level validation
-    AUC, then the patient rule (:data:`PATIENT_CANDIDATES`) the one with the highest patient-level
-    validation AUC under it; ties go to the earlier candidate. When the validation split cannot give an
-    AUC (one class only) an ``auto`` rule falls back to ``top_k_mean`` with the configured ``top_k``.
+    At each level the first candidate (``max``: :data:`IMAGE_CANDIDATES`, then
+    :data:`PATIENT_CANDIDATES` under the chosen image rule) stands unless the candidate with the highest
+    validation AUC beats it beyond chance: the lower end of the 95% interval of their paired AUC
+    difference, resampling validation patients, above 0. A validation split holds a few dozen patients,
+    so AUCs a few points apart are noise; picking the highest point value chose rules that lost on test
+    (docs/models.md). When the validation split cannot give an AUC (one class only) an ``auto`` rule falls
+    back to ``top_k_mean`` with the configured ``top_k``.
 
     Args:
         tiles: scored validation tiles (:func:`model.evaluation.score_split`).
@@ -81,26 +84,42 @@ def choose_aggregation(
         rule, image_top_k, patient_rule, patient_top_k: the ``aggregation`` settings.
 
     Returns:
-        The rule, and one row per candidate tried: ``level``, ``rule``, ``top_k``, ``auc``, ``chosen``.
+        The rule, and one row per candidate tried: ``level``, ``rule``, ``top_k``, ``auc``, ``chosen``
+        and, for the best candidate when it is not the first, ``vs_first_low`` (the lower end of its paired
+        difference's interval).
     """
     from model.evaluation import level_frames
-    from model.metrics import auc
+    from model.metrics import auc, paired_auc_difference
 
     tried: list[dict[str, Any]] = []
 
     def pick(level: str, candidates: tuple[tuple[str, int], ...], build: Any) -> AggregationRule | None:
-        scored = []
+        scored, frames = [], []
         for name, top_k in candidates:
             frame = level_frames(tiles, task, build(name, top_k))[level]
+            frame = frame.set_index("image_id" if level == "image" else "patient").sort_index()
             value = auc(frame["target"].to_numpy(), frame["score"].to_numpy())
             scored.append((name, top_k, value))
+            frames.append(frame)
             tried.append({"level": level, "rule": name, "top_k": top_k, "auc": value, "chosen": False})
-        valid = [s for s in scored if not np.isnan(s[2])]
+        rows = tried[len(tried) - len(scored) :]
+        valid = [i for i, s in enumerate(scored) if not np.isnan(s[2])]
         if not valid:
             return None
-        best = max(valid, key=lambda s: s[2])  # max keeps the first of equal values
-        tried[len(tried) - len(scored) + scored.index(best)]["chosen"] = True
-        return build(best[0], best[1])
+        best = max(valid, key=lambda i: scored[i][2])  # max keeps the first of equal values
+        if best != 0 and 0 in valid:
+            reference, challenger = frames[0], frames[best].reindex(frames[0].index)
+            difference = paired_auc_difference(
+                reference["target"].to_numpy(),
+                challenger["score"].to_numpy(),
+                reference["score"].to_numpy(),
+                (reference["collection"] + "/" + reference["patient_key"]).to_numpy(),
+            )
+            rows[best]["vs_first_low"] = difference["low"]
+            if not difference["low"] > 0:
+                best = 0
+        rows[best]["chosen"] = True
+        return build(scored[best][0], scored[best][1])
 
     image = AggregationRule(rule, image_top_k, patient_top_k, "max") if rule != "auto" else None
     if image is None:

@@ -61,8 +61,8 @@ TILE_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class TileOptions:
-    """Plain values shipped to the executors (``stride``: the grid of scored images; ``train_stride``:
-    that of training-split images, the same when ``None``)."""
+    """Plain values shipped to the executors (``scored_stride``: per modality, the grid step of images
+    that are scored, where it differs from ``stride``)."""
 
     size: int
     stride: int
@@ -70,11 +70,13 @@ class TileOptions:
     overlap_threshold: float
     lesion_patches: int = 0
     lesion_jitter: float = 0.25
-    train_stride: int | None = None
+    scored_stride: tuple[tuple[str, int], ...] = ()
 
-    def stride_of(self, split: str | None) -> int:
-        """The grid stride of an image of this split (``None``: a landed image)."""
-        return self.train_stride if split == "train" and self.train_stride is not None else self.stride
+    def stride_of(self, modality: str, split: str | None) -> int:
+        """The grid step of an image of this modality and split (``None``: a landed image)."""
+        if split == "train":
+            return self.stride
+        return dict(self.scored_stride).get(modality, self.stride)
 
     @classmethod
     def from_settings(cls, tiles: TileSettings) -> TileOptions:
@@ -85,7 +87,7 @@ class TileOptions:
             tiles.overlap_threshold,
             tiles.lesion_patches,
             tiles.lesion_jitter,
-            tiles.train_stride,
+            tuple(sorted(tiles.scored_stride.items())),
         )
 
 
@@ -147,7 +149,7 @@ def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
         row["label"],
         regions,
         options.size,
-        options.stride_of(row["split"]),
+        options.stride_of(row["modality"], row["split"]),
         options.min_tissue,
         options.overlap_threshold,
     )

@@ -193,12 +193,15 @@ def validation_logits(
     tile_input: TileInput,
     batch_size: int,
     rule: SplitRule = BY_PATIENT,
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets over every validation tile of the task (rank 0 during training; the driver
-    after), through the shared inference code (:func:`model.inference.tile_logits`)."""
+    """Logits and targets over the validation tiles of the task (``part`` = (i, n): every n-th tile from
+    the i-th, a worker's share during training; all of them on the driver after), through the shared
+    inference code (:func:`model.inference.tile_logits`)."""
     from model.inference import tile_logits
 
-    frame = read_split(files, task, "val", rule)
+    index, parts = part
+    frame = read_split(files, task, "val", rule).iloc[index::parts]
     targets = frame["label"].map(task.label_map).to_numpy(dtype=np.int64)
     if frame.empty:
         return np.zeros((0, len(task.classes))), targets

@@ -65,6 +65,11 @@ class TorchCollective:
     def total(self, value: float, name: str) -> float:
         return self._reduce(value, self.dist.ReduceOp.SUM)
 
+    def gather(self, value: Any, name: str) -> list[Any]:
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, value)
+        return out
+
     def close(self) -> None:
         self.dist.destroy_process_group()
 

@@ -53,6 +53,9 @@ class Collective(Protocol):
     def total(self, value: float, name: str) -> float:
         """The sum of ``value`` over the workers."""
 
+    def gather(self, value: Any, name: str) -> list[Any]:
+        """Every worker's ``value`` (picklable), in rank order, on every worker."""
+
     def close(self) -> None:
         """Leave the group."""
 
@@ -93,6 +96,9 @@ class HorovodCollective:
         import torch
 
         return float(self.hvd.allreduce(torch.tensor(value), op=self.hvd.Sum, name=name))
+
+    def gather(self, value: Any, name: str) -> list[Any]:
+        return list(self.hvd.allgather_object(value, name=name))
 
     def close(self) -> None:
         self.hvd.shutdown()
@@ -213,15 +219,31 @@ def augmented(plan: TrainPlan, images: Any, generator: Any) -> Any:
     return out.expand(-1, 3, -1, -1) if gray else out
 
 
-def validate(net: Any, plan: TrainPlan, loss_fn: Any) -> tuple[float, float]:
-    """Validation loss and AUC of ``net`` over every validation tile of the task."""
+def validate(net: Any, plan: TrainPlan, loss_fn: Any, group: Collective) -> tuple[float, float] | None:
+    """Validation loss and AUC of ``net`` over every validation tile of the task, on rank 0 (``None`` on
+    the others). Every worker scores its share of the tiles (on one machine the workers share its
+    cores: one scoring alone leaves the others idle) and rank 0 gathers the logits."""
+    import numpy as np
     import torch
 
     from model.calibration import calibrated
 
-    logits, targets = validation_logits(
-        net, plan.val_files, plan.task, plan.tile_input, plan.batch_size, plan.rule
+    parts = group.gather(
+        validation_logits(
+            net,
+            plan.val_files,
+            plan.task,
+            plan.tile_input,
+            plan.batch_size,
+            plan.rule,
+            part=(group.rank, group.size),
+        ),
+        "val_logits",
     )
+    if group.rank != 0:
+        return None
+    logits = np.concatenate([p[0] for p in parts])
+    targets = np.concatenate([p[1] for p in parts])
     if len(targets) != plan.val_tiles:
         raise RuntimeError(f"validation read {len(targets)} tiles, the table holds {plan.val_tiles}")
     if not len(targets):
@@ -326,8 +348,9 @@ def train_loop(plan: TrainPlan, group: Collective) -> dict[str, Any]:
             images_per_s = group.total(seen / elapsed, "images_per_s")
 
             decision = None
-            if rank == 0:
-                val_loss, auc = validate(net, plan, loss_fn)
+            validated = validate(net, plan, loss_fn, group)
+            if validated is not None:
+                val_loss, auc = validated
                 record = {
                     "epoch": epoch + 1,
                     "train_loss": train_loss,
