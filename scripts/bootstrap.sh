@@ -72,7 +72,7 @@ installed() {
   # Horovod's compiled torch extension is imported for real (it breaks when torch changes); the rest is
   # only looked up, which is much quicker than importing MLflow and Petastorm.
   $VENV/bin/python -c 'import importlib.util as u, horovod.torch
-assert all(u.find_spec(m) for m in ("delta", "petastorm", "mlflow", "tqdm", "selenium"))' 2>/dev/null
+assert all(u.find_spec(m) for m in ("delta", "petastorm", "mlflow", "tqdm", "selenium", "crowdkit"))' 2>/dev/null
 }
 if [[ -f $VENV/.oncolake-stamp && "$(cat $VENV/.oncolake-stamp)" == "$stamp_value" ]] && installed; then
   exit 0
@@ -86,6 +86,9 @@ say "installing the pinned stack (first time: a few minutes, torch is large)"
 "${PIP[@]}" torch numpy cloudpickle psutil pyyaml packaging cffi
 wheel=$(scripts/build-horovod.sh $VENV/bin/python)
 "${PIP[@]}" "$wheel" -e ".[dev]"
+# crowd-kit, the reference the tests hold the Spark Dawid-Skene to: it declares transformers (and so a
+# second torch stack) but its aggregation code imports only nltk and regex beyond what is here.
+"${PIP[@]}" --no-deps crowd-kit nltk regex
 
 # A package that silently upgrades numpy breaks pyarrow 14 and petastorm: refuse to go on.
 $VENV/bin/python - <<'PY'

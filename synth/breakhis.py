@@ -12,6 +12,11 @@ a ``.png`` that holds random bytes.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,22 +101,30 @@ def generate(
         return slides[slide].image(root, magnification, seq)
 
     progress(f"{ROOT}: {images} images, {len(slides)} slides")
-    done = 0
+    # Every image's draw is decided here, in order, with its own seed: the drawing then runs on every core
+    # and the corpus is the same whatever their number.
+    jobs: list[tuple[Path, Tile]] = []
     for index, (slide, count) in enumerate(zip(slides, counts, strict=True)):
         start = int(rng.integers(len(MAGNIFICATIONS)))
         for k in range(count):
             magnification = MAGNIFICATIONS[(start + k) % len(MAGNIFICATIONS)]
             target = path(index, magnification)
-            shape = SIZE if done < full_size else size
+            shape = SIZE if len(jobs) < full_size else size
             if shape != size:
                 report.quirk(target, "full_size")
-            pixels = draw_histology(
-                *shape, rng, malignant=slide.label == "malignant", magnification=magnification
-            )
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(_png(pixels))
+            seed = int(rng.integers(2**63))
+            jobs.append((target, Tile(shape, slide.label == "malignant", magnification, seed)))
             report.good(slide.label, slide.token)
-            done += 1
+    workers = min(len(jobs), len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
+    with _pool(workers) as pool:
+        drawn = (
+            pool.map(_draw, [tile for _, tile in jobs], chunksize=4)
+            if pool
+            else map(_draw, [t for _, t in jobs])
+        )
+        for done, ((target, _), png) in enumerate(zip(jobs, drawn, strict=True), start=1):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
             if done % 250 == 0:
                 progress(f"{ROOT}: {done}/{images}")
     if len(benign_slides) >= 2:  # _slides gave the first two the same numeric id
@@ -155,6 +168,37 @@ def _slides(
         tokens[0], tokens[1] = f"14-{numbers[0]}AB", f"14-{numbers[0]}CD"
         subtypes[1] = next(name for name in names if name != subtypes[0])
     return [Slide(label, subtype, token) for subtype, token in zip(subtypes, tokens, strict=True)]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image to draw: its shape (height, width), class, magnification and seed."""
+
+    shape: tuple[int, int]
+    malignant: bool
+    magnification: int
+    seed: int
+
+
+def _draw(tile: Tile) -> bytes:
+    """PNG bytes of one drawn image (in a worker process: one thread for the nucleus look-up)."""
+    rng = np.random.default_rng(tile.seed)
+    pixels = draw_histology(
+        *tile.shape, rng, malignant=tile.malignant, magnification=tile.magnification, threads=1
+    )
+    return _png(pixels)
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Forked worker processes, or None for one worker or where fork is missing. Forked, not spawned: a
+    spawned worker re-runs the caller's ``__main__``, which a notebook or ``python -`` does not have;
+    the children only draw with numpy, never touching the threads (a JVM gateway's) the caller holds."""
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
 
 
 def _png(pixels: np.ndarray) -> bytes:

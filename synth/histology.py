@@ -27,9 +27,16 @@ EOSIN = np.array([0.07, 0.99, 0.11], dtype=np.float32) * 0.9
 
 
 def draw_histology(
-    height: int, width: int, rng: np.random.Generator, *, malignant: bool, magnification: int
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    *,
+    malignant: bool,
+    magnification: int,
+    threads: int = -1,
 ) -> np.ndarray:
-    """One RGB uint8 tile of ``height`` x ``width`` (BreaKHis is 460 x 700) at ``magnification`` (40-400)."""
+    """One RGB uint8 tile of ``height`` x ``width`` (BreaKHis is 460 x 700) at ``magnification`` (40-400);
+    ``threads`` for the nucleus look-up (-1: every core; the result does not depend on it)."""
     atypia = rng.beta(5, 2) if malignant else rng.beta(2, 5)
     radius = 3.2 * (magnification / 100) ** 0.85 * (width / 700) * (1.0 + 0.6 * atypia)
     shape = (height, width)
@@ -53,8 +60,8 @@ def draw_histology(
     pixels = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float32)
     # Only pixels within reach of a centre can be inside a nucleus: the others are skipped entirely.
     reach = 1.5 * float(size.max())
-    # Every core: the query is most of a tile's time, and the result does not depend on the split.
-    distance, nearest = cKDTree(centres).query(pixels, k=2, distance_upper_bound=reach, workers=-1)
+    # The query is most of a tile's time; its result does not depend on the threads.
+    distance, nearest = cKDTree(centres).query(pixels, k=2, distance_upper_bound=reach, workers=threads)
     nuclei = np.zeros(height * width, dtype=np.float32)
     for near, idx in zip(np.isfinite(distance).T, nearest.T, strict=True):
         idx = idx[near]
