@@ -63,6 +63,18 @@ def test_wrong_type_from_set_names_the_override() -> None:
     assert "--set spark.shuffle_partitions=many" in str(err.value)
 
 
+def test_a_tile_step_larger_than_the_tile_is_refused() -> None:
+    """Pixels between tiles would never be read: refused when the settings load, not at tiling time."""
+    with pytest.raises(ConfigError, match=r"tiles\.stride is 224: it must lie between 8 and tiles\.size 112"):
+        load_settings("local", ["tiles.size=112"])
+    with pytest.raises(ConfigError, match=r"tiles\.scored_stride\.mammography is 300"):
+        load_settings("local", ["tiles.scored_stride.mammography=300"])
+    settings = load_settings(
+        "local", ["tiles.size=112", "tiles.stride=112", "tiles.scored_stride.mammography=56"]
+    )
+    assert (settings.tiles.stride, settings.tiles.scored_stride["mammography"]) == (112, 56)
+
+
 def test_missing_source_folder_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"sources\.mias .*does not exist"):
         load_settings("local", [f"sources.mias={tmp_path / 'nowhere'}"])

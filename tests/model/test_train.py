@@ -216,9 +216,8 @@ def test_the_gate_rescores_the_champion_on_the_challengers_split(
 def test_a_network_that_cannot_take_the_tile_size_is_refused_before_any_spark_work(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    settings = module_settings(
-        str(tmp_path / "no-lake"), tmp_path, "tiles.size=32", "train.network=alexnet_like"
-    )
+    small = ("tiles.size=32", "tiles.stride=32", "tiles.scored_stride.mammography=32")
+    settings = module_settings(str(tmp_path / "no-lake"), tmp_path, *small, "train.network=alexnet_like")
     with pytest.raises(Refused, match="network 'alexnet_like' cannot take 32x32 tiles"):
         train_tasks(spark, settings)
     assert not (tmp_path / "no-lake").exists() and not (tmp_path / "mlflow.db").exists()
