@@ -79,6 +79,7 @@ class PrivacySettings(Section):
     secret_env: str
     allow_demo_secret: bool
     hash_source_paths: bool
+    keep_report_text: bool  # free text of expert reports: dropped unless on
 
 
 class SourcesSettings(Section):
@@ -227,6 +228,11 @@ class TrainSettings(Section):
     seed: int
     # Registered model names are <model_prefix><task>.
     model_prefix: str
+    # Per collection (or landing), the labels its tiles train on: its own, or the expert consensus.
+    labels: dict[
+        Literal["breakhis", "mias", "ddsm", "cbis_ddsm", "landing"], Literal["collection", "consensus"]
+    ]
+    consensus_method: Literal["majority_vote", "dawid_skene"]
     # Also train each task on a random image-level split (the paper's mistake) and report its figures
     # beside the real ones, so the inflation is visible. Doubles training time; never registered.
     leakage_audit: bool
@@ -239,6 +245,16 @@ class TrainSettings(Section):
         if own is None:
             return self
         return self.model_copy(update={k: v for k, v in own.model_dump().items() if v is not None})
+
+
+class ConsensusSettings(Section):
+    """Expert reports -> consensus labels (pipelines/consensus.py)."""
+
+    methods: tuple[Literal["majority_vote", "dawid_skene"], ...] = Field(min_length=1)
+    max_iterations: int = Field(ge=1)
+    tolerance: float = Field(gt=0)
+    # Marks of one image overlapping with at least this IoU are one finding.
+    mark_iou: float = Field(gt=0, le=1)
 
 
 class EvaluateSettings(Section):
@@ -275,6 +291,7 @@ class Settings(Section):
     split: SplitSettings
     train: TrainSettings
     evaluate: EvaluateSettings
+    consensus: ConsensusSettings
     aggregation: AggregationSettings
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str

@@ -12,6 +12,7 @@ to is :class:`SplitRule`'s, in the same two forms.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -19,6 +20,17 @@ import numpy as np
 import pandas as pd
 
 MAMMOGRAPHY = ("mias", "ddsm", "cbis_ddsm")
+ORIGIN = "label_origin"
+"""The tiles column that says where a tile's label came from: ``<collection>:collection`` (the
+collection's own findings) or ``<collection>:consensus:<annotations version>`` (expert consensus)."""
+COLLECTION_LABELS = "collection"
+
+
+def label_origin(collection: str, labels: str = COLLECTION_LABELS) -> str:
+    """A tile's ``label_origin`` value."""
+    return f"{collection}:{labels}"
+
+
 # Tile label sources of a task with a tissue label (docs/tables.md): its lesions, their training patches,
 # and the normal tissue of the same abnormal images.
 TISSUE_SOURCES = ("finding", "lesion_patch", "normal_tissue")
@@ -47,9 +59,18 @@ class Task:
     image from every tile of it (as bulk scoring must), so its tiles learn that normal tissue is "no
     malignancy here" instead of leaving what they say of it to chance. Normal images stay out."""
 
+    origins: tuple[str, ...] = ()
+    """Allowed ``label_origin`` values of its tiles (:func:`label_origin`): which labels each collection
+    trains on. Empty: every collection's own labels (``<collection>:collection``); :meth:`with_labels`
+    sets consensus labels for some."""
+
     def row_terms(self) -> list[tuple[str, tuple[str, ...]]]:
         """The one definition of the task's rows: ``(column, allowed values)`` terms that must all hold."""
-        terms = [("collection", self.collections), ("label", tuple(self.label_map))]
+        terms = [
+            ("collection", self.collections),
+            ("label", tuple(self.label_map)),
+            (ORIGIN, self.allowed_origins()),
+        ]
         if self.tissue_label is not None:  # the tissue of abnormal images, not normal images' tiles
             terms.append(("label_source", TISSUE_SOURCES))
         return terms if self.modality == "any" else [("modality", (self.modality,)), *terms]
@@ -72,15 +93,39 @@ class Task:
         return " AND ".join(parts)
 
     def rows_of(self, frame: pd.DataFrame) -> np.ndarray:
-        """The task's rows of a pandas frame of tiles, as a boolean mask (the same rows as the SQL form)."""
+        """The task's rows of a pandas frame of tiles, as a boolean mask (the same rows as the SQL form).
+
+        A frame without ``label_origin`` (tiles cut before it existed, or columns read for another
+        purpose) holds collection-labelled tiles.
+        """
         keep = np.ones(len(frame), dtype=bool)
         for column, values in self.row_terms():
+            if column == ORIGIN and column not in frame:
+                keep &= (frame["collection"] + ":" + COLLECTION_LABELS).isin(list(values)).to_numpy()
+                continue
             keep &= frame[column].isin(list(values)).to_numpy()
         return keep
 
+    def with_labels(self, labels: Mapping[str, str]) -> Task:
+        """The task trained on the labels ``labels`` names per collection: ``collection`` (its own) or
+        ``consensus:<annotations version>``; a collection named here but not in the task (``landing``:
+        landed images with consensus labels) joins it. Collections left out keep their own labels."""
+        collections = (*self.collections, *(c for c in labels if c not in self.collections))
+        origins = tuple(label_origin(c, labels.get(c, COLLECTION_LABELS)) for c in collections)
+        return replace(self, collections=collections, origins=origins)
+
+    def label_sources(self) -> dict[str, str]:
+        """Collection -> the labels its rows use (``collection`` or ``consensus:<version>``)."""
+        pairs = (origin.split(":", 1) for origin in self.allowed_origins())
+        return {collection: labels for collection, labels in pairs}
+
+    def allowed_origins(self) -> tuple[str, ...]:
+        """The ``label_origin`` values of its rows."""
+        return self.origins or tuple(label_origin(c) for c in self.collections)
+
     def on_external(self) -> Task:
         """The task as evaluated on its external collections."""
-        return replace(self, collections=self.external, external=())
+        return replace(self, collections=self.external, external=(), origins=())
 
     def applicable(self, collection: str) -> tuple[bool, str]:
         """Whether a collection can have this task's figures, and why not when it cannot."""

@@ -15,6 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("jobs.demo", "run the end-to-end demo on a synthetic corpus"),
     "synth": ("jobs.synth", "write a synthetic corpus in the four collections' real layouts"),
     "ingest": ("jobs.ingest", "read the collections into the images, annotations and quarantine tables"),
+    "reports": (
+        "jobs.reports",
+        "read expert reports (JSON Lines, CSV, Label Studio) into the annotations table",
+    ),
+    "consensus": (
+        "jobs.consensus",
+        "aggregate the expert reports into consensus labels (Dawid-Skene, majority vote)",
+    ),
     "tile": ("jobs.tile", "cut normalised images into labelled training tiles"),
     "train": ("jobs.train", "train one model per task with Horovod on the Spark executors"),
     "evaluate": ("jobs.evaluate", "score models on their test split, write reports, promote champions"),

@@ -3,7 +3,9 @@
     oncolake demo [--full] [--config NAME|FILE] [--set key=value ...]
 
 Runs every stage, in order, each as its own job would run it (same options, same Spark session):
-synth -> ingest -> tile -> train -> evaluate -> score. It ends with a registered model per task, its
+synth -> ingest -> reports -> consensus -> tile -> train -> evaluate -> score. The crowd's reports
+(``<synth.out>/reports``) are read and aggregated, and consensus prints each method's accuracy against the
+synthetic truth. It ends with a registered model per task, its
 report under ``<lakehouse.root>/reports/`` and the promotion decision, and the champions' predictions
 for the test split and for a landing folder of new unlabelled images (``<synth.out>/landing``).
 The default size (640 images) finished in 836 s on two cores (2026-12-01, docs/models.md); ``--full``
@@ -22,8 +24,21 @@ from pathlib import Path
 from conf import Settings
 from jobs.options import job_parser, settings_from
 from synth.corpus import collection_roots
+from synth.crowd import REPORTS
 
-STAGES = ["jobs.synth", "jobs.ingest", "jobs.tile", "jobs.train", "jobs.evaluate", "jobs.score"]
+STAGES = [
+    "jobs.synth",
+    "jobs.ingest",
+    "jobs.reports",
+    "jobs.consensus",
+    "jobs.tile",
+    "jobs.train",
+    "jobs.evaluate",
+    "jobs.score",
+]
+CROWD_STAGES = {"jobs.reports", "jobs.consensus"}
+"""Stages that need the corpus's expert reports (``<synth.out>/reports``, written by synth since the crowd
+was added): a corpus written before has none, and they are skipped."""
 
 
 def stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
@@ -36,6 +51,12 @@ def stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
         roots = collection_roots(Path(settings.synth.out))
         sources = [f"--source={name}={root}" for name, root in roots.items()]
         return [*sources, "--summary-json", f"{summaries}/ingest.json"]
+    reports = Path(settings.synth.out) / REPORTS
+    if stage == "jobs.reports":
+        return [str(reports), "--summary-json", f"{summaries}/reports.json"]
+    if stage == "jobs.consensus":
+        truth = reports.with_name(f"{REPORTS}.json")
+        return ["--truth", str(truth), "--summary-json", f"{summaries}/consensus.json"]
     landing = ["--landing", f"{settings.synth.out}/landing"] if settings.synth.landing_images else []
     return {
         "jobs.synth": ["--full"] if full else [],
@@ -58,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for stage in STAGES:
         name = stage.removeprefix("jobs.")
+        if stage in CROWD_STAGES and not (Path(settings.synth.out) / REPORTS).is_dir():
+            print(f"demo: == {name} == skipped: {settings.synth.out} has no {REPORTS}/ (an older corpus)")
+            continue
         print(f"demo: == {name} ==", flush=True)
         began = time.monotonic()
         status = importlib.import_module(stage).main([*shared, *stage_args(stage, settings, args.full)])

@@ -140,7 +140,16 @@ def split_rows(frame: pd.DataFrame, task: Task, split: str, rule: SplitRule = BY
     return task.rows_of(frame) & (rule.of(frame) == split).to_numpy()
 
 
-READ_COLUMNS = ["split", "image_id", "modality", "collection", "label", "label_source", "pixels"]
+READ_COLUMNS = [
+    "split",
+    "image_id",
+    "modality",
+    "collection",
+    "label",
+    "label_source",
+    "label_origin",
+    "pixels",
+]
 
 
 def read_split(files: Sequence[str], task: Task, split: str, rule: SplitRule = BY_PATIENT) -> pd.DataFrame:

@@ -32,6 +32,7 @@ ID_COLUMNS = [
     "split",
     "label",
     "label_source",
+    "label_origin",
     "image_label",
 ]
 Predict = Callable[[list[bytes]], np.ndarray]

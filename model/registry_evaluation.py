@@ -252,6 +252,18 @@ def split_kind(data: TaskData, strategies: pd.DataFrame | None = None) -> str:
     return kind
 
 
+def figure_labels(task: Task, trained_on: dict[str, str], method: str) -> str:
+    """Which labels the figures of each collection use, and which the model trained on."""
+    parts = []
+    for collection, how in task.label_sources().items():
+        if how == "collection":
+            parts.append(f"{collection}: its own")
+        else:
+            parts.append(f"{collection}: expert consensus ({method}, annotations {how.split(':', 1)[1]})")
+    used = ", ".join(f"{c}: {how}" for c, how in sorted(trained_on.items())) or "each collection's own"
+    return f"figures use {'; '.join(parts)}; training used {used}"
+
+
 def gate(settings: Any) -> promotion.Gate:
     """The promotion gate's settings."""
     evaluate = settings.evaluate
@@ -264,6 +276,11 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
     registered = registry.find_version(name, version=version, client=client)
     tags = registered.tags
     threshold, aggregation = registry.threshold(registered), registry.aggregation(registered)
+    trained_on = json.loads(tags.get("lineage.labels", "{}"))
+    # Figures keep each collection's own ground truth; images without any (landed ones) are judged on
+    # the consensus they were trained on, and the report says so.
+    without_truth = {c: how for c, how in trained_on.items() if c == "landing"}
+    task = task.with_labels(without_truth) if without_truth else task
     data = task_data(spark, tags["lineage.table"], int(tags["lineage.version"]), task)
     rounds, uri = settings.evaluate.bootstrap_rounds, f"models:/{name}/{version}"
     print(f"evaluate: {name} v{version} on {data.table}@{data.version}, test split", flush=True)
@@ -296,6 +313,7 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
         f"model {name} version {version}; task {task.name} ({task.positive} is positive)",
         f"data: {data.table} @ version {data.version}; counts {json.dumps(data.counts, sort_keys=True)}",
         f"test split: {split_kind(data, strategies)}",
+        f"labels: {figure_labels(task, trained_on, settings.train.consensus_method)}",
         f"threshold {threshold:.4f} ({tags.get('threshold.rule', '')}); temperature "
         f"{tags.get('calibration.temperature', '')}",
         f"promotion: {decision.summary()}",

@@ -66,7 +66,7 @@ def _scan(name: str, root: str) -> Scan:
     return scan
 
 
-def _image_metadata(frame: DataFrame) -> list[dict[str, Any]]:
+def image_metadata(frame: DataFrame) -> list[dict[str, Any]]:
     from pyspark.sql import functions as F
 
     columns = ["image_id", "collection", "patient_key", "label", "phash", "view", "split"]
@@ -86,7 +86,7 @@ def _split_metas(metas: Iterable[Mapping[str, Any]]) -> list[ImageMeta]:
     ]
 
 
-def _splits_for_new(
+def splits_for_new(
     settings: Settings, existing: list[dict[str, Any]], new: list[dict[str, Any]]
 ) -> dict[str, str]:
     """``image_id -> split`` for the new images (``existing`` keep theirs), one entry per image id."""
@@ -137,11 +137,11 @@ def ingest_collections(
     # re-decodes those images on the next run and their annotations MERGE as already present.
     merge_into(spark, ingest.annotation_rows(decoded), lake.table("annotations"), ["annotation_id"], metadata)
 
-    existing_meta = _image_metadata(existing_images) if existing_images is not None else []
+    existing_meta = image_metadata(existing_images) if existing_images is not None else []
     known = {m["image_id"] for m in existing_meta}
     ok = decoded.where(F.col("status") == "ok").withColumn("split", F.lit(None))
-    new_meta = [m for m in _image_metadata(ok) if m["image_id"] not in known]
-    fresh_split = _splits_for_new(settings, existing_meta, new_meta)
+    new_meta = [m for m in image_metadata(ok) if m["image_id"] not in known]
+    fresh_split = splits_for_new(settings, existing_meta, new_meta)
     strategies = {m["image_id"]: settings.split.strategy_of(m["collection"]) for m in new_meta}
     for name, scan in scans.items():  # files skipped by path, before decoding: already present
         summaries[name].already_present = len(scan.records) - sum(r["collection"] == name for r in outcome)

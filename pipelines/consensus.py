@@ -3,14 +3,19 @@
 Dawid & Skene (1979): EM over one confusion matrix per reader and the class priors. The images' side,
 which grows with the reports, stays distributed; the readers' side (a K x K matrix per reader: thousands
 of numbers where a crowd has thousands of readers) is collected each iteration, as a model's parameters
-are. An iteration is three Spark jobs, each a broadcast join and one aggregation:
+are. An iteration is one Spark job:
 
 1. E-step: every report joins its reader's log confusion row (broadcast); a sum per image and class plus
    the log prior, normalised in logs (shifted by each image's maximum) -> the posteriors, one row per
-   image with a column ``p_<class>`` per class, checkpointed so later iterations' plans stay short;
-2. the class priors (the mean posterior) and the posteriors' entropy, one aggregation;
-3. M-step: every report joins its image's posterior; a sum per (reader, label said) -> the expected
-   counts, collected; clipped at 1e-10 and normalised per (reader, true class) on the driver.
+   image with a column ``p_<class>`` per class;
+2. in the same job, every report joins its image's posterior and the posteriors are aggregated beside
+   them: a sum per (reader, label said) -> the expected counts, and over images -> the class priors
+   (the mean posterior) and the posteriors' entropy, collected (:func:`expected_statistics`);
+3. M-step on the driver: the counts clipped at 1e-10 and normalised per (reader, true class).
+
+The reports are checkpointed once; an iteration's plan reads only them and the parameters the driver
+holds (not the previous iteration's posteriors), so plans stay the same length however many iterations
+run, and nothing else needs a checkpoint. The last E-step's posteriors are materialised at the end.
 
 The steps, initialisation (the majority vote's shares), clipping, stopping rule (the evidence lower
 bound per report gains less than ``tolerance``, which the M-step's counts give without another pass) and
@@ -91,17 +96,14 @@ def latest_reports(reports: DataFrame) -> DataFrame:
             breaks ties of time deterministically).
 
     Returns:
-        ``(image_id, reporter, label)``, one row per reader and image.
+        ``(image_id, reporter, label)`` (and ``report_id`` when given), one row per reader and image.
     """
     order = [F.col("reported_at").desc_nulls_last()]
     if "report_id" in reports.columns:
         order.append(F.col("report_id").desc())
     latest = Window.partitionBy("image_id", "reporter").orderBy(*order)
-    return (
-        reports.withColumn("_rank", F.row_number().over(latest))
-        .where("_rank = 1")
-        .select("image_id", "reporter", "label")
-    )
+    kept = ["image_id", "reporter", "label", *(["report_id"] if "report_id" in reports.columns else [])]
+    return reports.withColumn("_rank", F.row_number().over(latest)).where("_rank = 1").select(*kept)
 
 
 def majority_vote(reports: DataFrame, classes: Sequence[str]) -> DataFrame:
@@ -161,36 +163,49 @@ def e_step(
     return sums.select("image_id", *_softmax(scores, classes))
 
 
-def _priors_and_entropy(posteriors: DataFrame, classes: Sequence[str]) -> tuple[dict[str, float], float]:
-    """Step 2: the mean posterior per class and the entropy of the (clipped) posteriors, one pass."""
-    clipped = [F.greatest(F.col(posterior_column(k)), F.lit(EPS)) for k in classes]
-    row = posteriors.agg(
-        *(F.avg(posterior_column(k)).alias(k) for k in classes),
-        sum((F.sum(-c * F.log(c)) for c in clipped[1:]), F.sum(-clipped[0] * F.log(clipped[0]))).alias("_h"),
-    ).first()
-    if row is None:  # an aggregation without grouping always returns one row
-        raise RuntimeError("the posteriors' aggregation returned no row")
-    return {k: float(row[k]) for k in classes}, float(row["_h"])
-
-
-def expected_counts(
+def expected_statistics(
     reports: DataFrame, posteriors: DataFrame, classes: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Step 3's Spark part: per reader, the K x K expected counts (true class x label said)."""
+) -> tuple[dict[str, np.ndarray], dict[str, float], float]:
+    """Steps 2 and 3's Spark part, in one job: per reader the K x K expected counts (true class x label
+    said), the class priors (the mean posterior) and the posteriors' entropy (clipped at ``EPS``).
+
+    The two aggregations share one pass: the reports joined to their image's posterior, and the
+    posteriors themselves under a null reader, grouped by (reader, label said).
+    """
+    k = len(classes)
+    columns = [posterior_column(c) for c in classes]
+    clipped = [F.greatest(F.col(c), F.lit(EPS)) for c in columns]
+    entropy = sum((-c * F.log(c) for c in clipped[1:]), -clipped[0] * F.log(clipped[0]))
+    per_report = reports.join(posteriors, "image_id").select(
+        "reporter", "label", *columns, F.lit(0.0).alias("_h"), F.lit(0).alias("_n")
+    )
+    per_image = posteriors.select(
+        F.lit(None).cast("string").alias("reporter"),
+        F.lit(None).cast("string").alias("label"),
+        *columns,
+        entropy.alias("_h"),
+        F.lit(1).alias("_n"),
+    )
     rows = (
-        reports.join(posteriors, "image_id")
+        per_report.unionByName(per_image)
         .groupBy("reporter", "label")
-        .agg(*(F.sum(posterior_column(k)).alias(k) for k in classes))
+        .agg(*(F.sum(c).alias(c) for c in columns), F.sum("_h").alias("_h"), F.sum("_n").alias("_n"))
         .collect()
     )
-    index = {k: j for j, k in enumerate(classes)}
+    index = {c: j for j, c in enumerate(classes)}
     counts: dict[str, np.ndarray] = {}
+    priors, total_entropy = dict.fromkeys(classes, 0.0), 0.0
     for row in rows:
+        if row["reporter"] is None:
+            images = max(int(row["_n"]), 1)
+            priors = {c: float(row[posterior_column(c)]) / images for c in classes}
+            total_entropy = float(row["_h"])
+            continue
         if row["label"] not in index:
             raise ValueError(f"a report says {row['label']!r}, not one of {list(classes)}")
-        matrix = counts.setdefault(row["reporter"], np.zeros((len(classes), len(classes))))
-        matrix[:, index[row["label"]]] = [row[k] for k in classes]
-    return counts
+        matrix = counts.setdefault(row["reporter"], np.zeros((k, k)))
+        matrix[:, index[row["label"]]] = [row[c] for c in columns]
+    return counts, priors, total_entropy
 
 
 def m_step(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -243,22 +258,104 @@ def dawid_skene(
         r["reporter"]: int(r["n"]) for r in reports.groupBy("reporter").agg(F.count("*").alias("n")).collect()
     }
     n_reports = sum(per_reader.values())
-    posteriors = _materialise(majority_vote(reports, classes))
-    priors, _ = _priors_and_entropy(posteriors, classes)
-    errors = m_step(expected_counts(reports, posteriors, classes))
+    counts, priors, _ = expected_statistics(reports, majority_vote(reports, classes), classes)
+    errors = m_step(counts)
     elbo: list[float] = []
     previous, converged, iterations = -math.inf, False, 0
+    used = (errors, priors)
     for _ in range(max_iterations):
         iterations += 1
-        stale = posteriors
-        posteriors = _materialise(e_step(reports, errors, priors, classes))
-        stale.unpersist()
-        priors, entropy = _priors_and_entropy(posteriors, classes)
-        counts = expected_counts(reports, posteriors, classes)
+        used = (errors, priors)
+        posteriors = e_step(reports, errors, priors, classes)
+        counts, priors, entropy = expected_statistics(reports, posteriors, classes)
         errors = m_step(counts)
         elbo.append((_joint(counts, errors, priors, classes) + entropy) / max(n_reports, 1))
         if elbo[-1] - previous < tolerance:
             converged = True
             break
         previous = elbo[-1]
+    # The posteriors of the last E-step (crowd-kit's ``probas_``), materialised once.
+    posteriors = _materialise(e_step(reports, *used, classes))
     return DawidSkeneResult(classes, posteriors, errors, priors, per_reader, iterations, converged, elbo)
+
+
+# --- Lesion marks of many readers -> consensus findings ---------------------------------------------------
+
+
+def _rasterise(kind: str, geometry: str, height: int, width: int) -> np.ndarray | None:
+    """A circle or outline geometry (normalised pixels, JSON) as a boolean mask of the image."""
+    import json
+
+    from PIL import Image, ImageDraw
+
+    data = json.loads(geometry)
+    canvas = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind == "circle" and data.get("radius"):
+        x, y, r = data["x"], data["y"], data["radius"]
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=1)
+    elif kind == "outline" and len(data.get("points") or []) >= 3:
+        draw.polygon([tuple(p) for p in data["points"]], fill=1)
+    else:
+        return None
+    mask = np.asarray(canvas, dtype=bool)
+    return mask if mask.any() else None
+
+
+def merge_marks(
+    marks: Sequence[tuple[str, str, str, str]], height: int, width: int, iou: float
+) -> list[dict[str, object]]:
+    """Readers' marks on one image merged into findings: marks overlapping with IoU >= ``iou`` (directly or
+    through a chain of such marks) are one finding.
+
+    Args:
+        marks: ``(reporter, label, geometry_kind, geometry)`` per mark, in normalised pixels.
+        height, width: the normalised image's size.
+        iou: the overlap that makes two marks one lesion.
+
+    Returns:
+        Per finding: ``label`` (the most said, the more severe on a tie), ``geometry_kind`` ``mask``,
+        ``mask_png`` (pixels inside at least half of the finding's marks), ``marks`` and ``readers``
+        (distinct reporters), largest first.
+    """
+    from core.codec import encode_png
+
+    severity = {"normal": 0, "benign": 1, "malignant": 2}
+    drawn = [(m, _rasterise(m[2], m[3], height, width)) for m in marks]
+    kept = [(m, mask) for m, mask in drawn if mask is not None]
+    parent = list(range(len(kept)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(kept)):
+        for j in range(i + 1, len(kept)):
+            a, b = kept[i][1], kept[j][1]
+            inter = np.logical_and(a, b).sum()
+            if inter and inter / np.logical_or(a, b).sum() >= iou:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(kept)):
+        groups.setdefault(find(i), []).append(i)
+    findings: list[dict[str, object]] = []
+    for members in groups.values():
+        stack = np.stack([kept[i][1] for i in members])
+        votes = stack.sum(axis=0)
+        region = votes >= max(1, -(-len(members) // 2))
+        labels = [kept[i][0][1] for i in members]
+        label = max(set(labels), key=lambda k: (labels.count(k), severity.get(k, 0)))
+        findings.append(
+            {
+                "label": label,
+                "geometry_kind": "mask",
+                "geometry": '{"kind": "mask"}',
+                "mask_png": encode_png(region.astype(np.uint8) * 255),
+                "marks": len(members),
+                "readers": len({kept[i][0][0] for i in members}),
+            }
+        )
+    findings.sort(key=lambda f: (-int(f["marks"]), -int(f["readers"])))  # type: ignore[call-overload]
+    return findings

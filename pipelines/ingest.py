@@ -168,8 +168,8 @@ def image_rows(decoded: DataFrame, chosen: DataFrame) -> DataFrame:
 def annotation_rows(decoded: DataFrame) -> DataFrame:
     """The ``annotations`` table's rows: one per finding, sourced from the collection's own metadata.
 
-    Every row has ``source = 'collection'``; the ``source``/``reporter`` columns leave room for expert
-    reports (crowd labels) on the same images, which tile labels do not read
+    Every row has ``source = 'collection'``; expert reports (:mod:`pipelines.reports`) add rows with
+    ``source = 'expert'``, a reporter and a report id on the same images, which tile labels do not read
     (:func:`pipelines.tiles.with_findings`).
     """
     finding = F.col("finding")
@@ -192,6 +192,9 @@ def annotation_rows(decoded: DataFrame) -> DataFrame:
             F.lit("collection").alias("source"),
             F.lit(None).cast("string").alias("reporter"),
             F.lit(_now()).alias("created_at"),
+            F.lit(None).cast("string").alias("report_id"),
+            F.lit(None).cast("timestamp").alias("reported_at"),
+            F.lit(None).cast("string").alias("text"),
         )
     )
 

@@ -74,6 +74,19 @@ def _commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) ->
         spark.conf.unset(_USER_METADATA)
 
 
+def add_missing_columns(spark: SparkSession, df: DataFrame, path: str) -> None:
+    """Add to the table at ``path`` the columns of ``df`` it lacks (nullable; older rows read null).
+
+    Tables gain columns as the product grows (``annotations.report_id`` came with expert reports): a
+    lakehouse written by an earlier release takes the new rows without being rebuilt.
+    """
+    current = set(read_table(spark, path).columns)
+    missing = [f for f in df.schema.fields if f.name not in current]
+    if missing:
+        listed = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({listed})")
+
+
 def merge_into(
     spark: SparkSession,
     df: DataFrame,
@@ -101,6 +114,7 @@ def merge_into(
                 writer = writer.partitionBy(*partition_by)
             writer.save(path)
             return
+        add_missing_columns(spark, df, path)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         (
             DeltaTable.forPath(spark, path)
@@ -160,6 +174,7 @@ def append_new(
             if changed:
                 listed = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
                 spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({listed})")
+            add_missing_columns(spark, df, path)
         existing = read_table(spark, path).select(*keys)
         new = df.join(existing, list(keys), "left_anti")
         (layout(new) if layout else new).write.format("delta").mode("append").save(path)

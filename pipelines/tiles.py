@@ -28,6 +28,8 @@ from conf import Settings
 from conf.schema import TileSettings
 from core.codec import decode_png, encode_png
 from core.quiet import quiet
+from core.tasks import label_origin
+from pipelines.curation import consensus_images
 from pipelines.io import append_new, read_table, row_group_properties, table_exists
 from pipelines.sources.base import Geometry
 from pipelines.split import SplitLeak
@@ -55,6 +57,7 @@ TILE_SCHEMA = T.StructType(
         T.StructField("tissue", T.DoubleType(), False),
         T.StructField("channels", T.IntegerType(), False),
         T.StructField("pixels", T.BinaryType(), False),
+        T.StructField("label_origin", T.StringType(), True),
     ]
 )
 
@@ -170,9 +173,12 @@ def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
             int(row["image_id"][:8], 16),
         )
     channels = 3 if image.ndim == 3 else 1
+    own = label_origin(row["collection"]) if row["label"] is not None else None  # landed images: none
+    origin = row.get("label_origin") or own
+    suffix = row.get("tile_suffix") or ""
     return [
         {
-            "tile_id": _tile_id(row["image_id"], t.y, t.x, options.size, t.label_source),
+            "tile_id": _tile_id(row["image_id"], t.y, t.x, options.size, t.label_source) + suffix,
             "image_id": row["image_id"],
             "collection": row["collection"],
             "modality": row["modality"],
@@ -188,6 +194,7 @@ def cut_image(row: Mapping, options: TileOptions) -> list[dict]:
             "tissue": float(t.tissue),
             "channels": channels,
             "pixels": encode_png(cut_tile(image, t.y, t.x, options.size)),
+            "label_origin": origin,
         }
         for t in labels
     ]
@@ -207,8 +214,9 @@ def cut_tiles(images: DataFrame, options: TileOptions) -> DataFrame:
         Rows of :data:`TILE_SCHEMA`.
     """
     columns = TILE_SCHEMA.fieldNames()
+    extra = [c for c in ("label_origin", "tile_suffix") if c in images.columns]
     selected = images.select(
-        "image_id", "collection", "modality", "patient_key", "split", "label", "pixels", "findings"
+        "image_id", "collection", "modality", "patient_key", "split", "label", "pixels", "findings", *extra
     )
 
     def run(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -325,6 +333,10 @@ def merge_new_tiles(
 def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 1) -> TileSummary:
     """The tile job: tile every image of the lakehouse not yet tiled, check splits, count the tiles.
 
+    With ``train.labels`` naming consensus collections, the images the newest expert consensus labelled
+    (and curated landed images) also get tiles labelled from it (:mod:`pipelines.curation`), beside their
+    collection-labelled ones.
+
     Re-running adds nothing.
 
     Args:
@@ -353,6 +365,17 @@ def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 
         settings.tiles.row_group_rows,
         files_per_group,
     )
+    consensus = consensus_images(spark, settings, tiles_path)
+    if consensus is not None and consensus.limit(1).count():
+        append_new(
+            spark,
+            cut_tiles(consensus, options),
+            tiles_path,
+            ["tile_id"],
+            {**metadata, "labels": "consensus"},
+            layout=by_layout(spark, files_per_group),
+            properties=row_group_properties(settings.tiles.row_group_rows),
+        )
     table = read_table(spark, tiles_path)
     leaks = table.groupBy("collection", "patient_key").agg(F.countDistinct("split").alias("n")).where("n > 1")
     if leaks.limit(1).count():

@@ -2,7 +2,7 @@
 # Set up everything oncolake needs, once; a quick no-op when it is already there.
 #
 #   scripts/bootstrap.sh          # .venv with the pinned stack, patched Horovod, Delta jars (make demo)
-#   scripts/bootstrap.sh --test   # the same, plus Chromium and its driver for the tests (make test)
+#   scripts/bootstrap.sh --test   # the same, plus Chromium, its driver and Label Studio (make test)
 #
 # - the virtual environment in .venv (Python 3.11), installed with constraints.txt, dev tools included
 #   (pytest, ruff, mypy, import-linter, pre-commit, stubs);
@@ -10,7 +10,8 @@
 #   ~/.cache/oncolake so a warm machine never rebuilds it;
 # - Java 17, cmake and g++ from Debian's packages when missing and we are root; with --test also
 #   Debian's chromium and chromium-driver (only the registry browser test needs a browser);
-# - Delta's jars resolved once from Maven Central into ~/.cache/oncolake (oncolake doctor --spark).
+# - Delta's jars resolved once from Maven Central into ~/.cache/oncolake (oncolake doctor --spark);
+# - with --test, Label Studio in a virtual environment of its own, .venv-labelstudio (stamped with its pin).
 # A stamp in .venv records a hash of what is installed from: pyproject.toml's dependency lists (runtime,
 # dev, build system), constraints.txt and the Horovod build script. When none changed and the checks
 # pass (the stack imports, the dev tools are there), nothing is reinstalled.
@@ -53,6 +54,31 @@ fi
 
 PYTHON=${PYTHON:-$(command -v python3.11 || true)}
 [[ -n "$PYTHON" ]] || { say "Python 3.11 is required (python3.11 not found)"; exit 1; }
+
+if [[ -n $for_tests ]]; then
+  # Label Studio for tests/pipelines/test_label_studio.py, which starts a real server. It gets a virtual
+  # environment of its own: it pulls about 160 packages, numpy 2 and pandas 3 among them, which .venv
+  # cannot hold (pyarrow 14 and petastorm need numpy 1). The tests talk to it over HTTP only.
+  LABEL_STUDIO=label-studio==1.23.2
+  LS_VENV=.venv-labelstudio
+  # A fresh server spends ~45 s migrating its SQLite database; the tests copy this one, migrated once.
+  ls_template=$LS_VENV/migrated.sqlite3
+  if [[ ! -f $LS_VENV/.oncolake-stamp || "$(cat $LS_VENV/.oncolake-stamp)" != "$LABEL_STUDIO" ]] \
+    || [[ ! -x $LS_VENV/bin/label-studio || ! -f $ls_template ]]; then
+    say "installing $LABEL_STUDIO in $LS_VENV (first time: about 2 minutes, 1 GB)"
+    rm -rf $LS_VENV
+    "$PYTHON" -m venv $LS_VENV
+    $LS_VENV/bin/python -m pip install --quiet --disable-pip-version-check "$LABEL_STUDIO" >&2
+    ls_data=$(mktemp -d)
+    # `label-studio version` applies the migrations to a new data dir (no user, no network) and exits.
+    LABEL_STUDIO_BASE_DATA_DIR=$ls_data LABEL_STUDIO_LATEST_VERSION_CHECK=false \
+      LABEL_STUDIO_COLLECT_ANALYTICS=false LABEL_STUDIO_SENTRY_DSN= \
+      $LS_VENV/bin/label-studio version >"$ls_data/log" 2>&1 || { cat "$ls_data/log" >&2; exit 1; }
+    cp "$ls_data/label_studio.sqlite3" $ls_template
+    rm -rf "$ls_data"
+    echo "$LABEL_STUDIO" > $LS_VENV/.oncolake-stamp
+  fi
+fi
 
 VENV=.venv
 # The dependency lists only: editing a tool's settings in pyproject.toml reinstalls nothing.

@@ -10,7 +10,9 @@ No real data ships with oncolake, so :func:`generate` writes look-alikes that ex
 - ``DDSM/``: lossless-JPEG views, ``.ics`` headers and ``.OVERLAY`` chain-code outlines
   (:mod:`synth.ddsm`);
 - ``CBIS-DDSM/``: case-description CSVs plus the TCIA DICOM tree with full images, crops and ROI masks
-  (:mod:`synth.cbis_ddsm`).
+  (:mod:`synth.cbis_ddsm`);
+- ``reports/`` (with ``reports.json``): a crowd of 12 readers' expert reports on those images, in JSON
+  Lines and CSV, with a few malformed ones planted (:func:`synth.crowd.write_reports`).
 
 Mammograms (:mod:`synth.mammogram`) show a breast with density-dependent tissue texture, a pectoral
 muscle on MLO views, smooth round masses (benign), spiculated masses or fine clustered calcifications
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from synth import breakhis, cbis_ddsm, ddsm, mias
+from synth.crowd import REPORTS, write_reports
 from synth.report import Progress, split
 
 FULL_IMAGES = 12_000
@@ -113,6 +116,14 @@ def generate(
         ),
     }
     manifest = {name: report.to_dict(out) for name, report in reports.items()}
+    crowd = write_reports(
+        out,
+        {name: r.truth for name, r in reports.items()},
+        {name: r.root for name, r in reports.items()},
+        seed,
+    )
+    readers = len(crowd["readers"])
+    say(f"{REPORTS}: {crowd['reports']} expert reports from {readers} readers in {out / REPORTS}")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     say(f"manifest: {sum(entry['images'] for entry in manifest.values())} images in {out}")
     return manifest

@@ -114,7 +114,7 @@ def generate(
                 report.quirk(target, "full_size")
             seed = int(rng.integers(2**63))
             jobs.append((target, Tile(shape, slide.label == "malignant", magnification, seed)))
-            report.good(slide.label, slide.token)
+            report.good(slide.label, slide.token, target)
     workers = min(len(jobs), len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
     with _pool(workers) as pool:
         drawn = (

@@ -332,7 +332,13 @@ def _image(
         report.plant(target, variant.planted)
     else:
         target.write_bytes(_encode(full))
-        report.good("malignant" if patient.pathology == "MALIGNANT" else "benign", patient.patient_id)
+        report.good(
+            "malignant" if patient.pathology == "MALIGNANT" else "benign",
+            patient.patient_id,
+            target,
+            lesions,
+            stored.shape[:2],
+        )
         if film is not None:
             report.link(target, film.path)
         for quirk, applies in (

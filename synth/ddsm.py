@@ -193,7 +193,7 @@ def generate(
             label = (
                 "normal" if not abnormalities else "malignant" if case.pathology == "MALIGNANT" else "benign"
             )
-            report.good(label, case.stem)
+            report.good(label, case.stem, target, lesions, (lines, pixels_per_line))
             # Slots run case by case and a case has at most two abnormal views: a margin of two keeps
             # the last case whole without holding every film's pixels.
             wanted = films is not None and len(films) < max_films + 2

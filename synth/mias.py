@@ -95,7 +95,7 @@ def generate(
                 rows.append(f"{row} {x} {y} {int(np.ceil(lesion.radius))}")
         if len(lesions) > 1:
             report.quirk(target, "multiple_rows")
-        report.good(label, str(index // 2 + 1))
+        report.good(label, str(index // 2 + 1), target, lesions, (side, side))
         good += 1
         if good % 250 == 0:
             progress(f"{ROOT}: {good}/{images}")

@@ -7,7 +7,7 @@ into ``manifest.json``.  Paths are relative to the collection root and always us
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +30,33 @@ class CollectionReport:
     planted: list[dict[str, str]] = field(default_factory=list)
     quirks: list[dict[str, str]] = field(default_factory=list)
     links: list[dict[str, str]] = field(default_factory=list)
+    truth: list[dict[str, Any]] = field(default_factory=list)
+    """Per good image: ``path``, ``label``, ``marks`` (lesion circles ``[x, y, radius]`` in the file's
+    pixels, origin top-left) and ``shape`` (rows, columns) where known: what the synthetic crowd reads
+    (:mod:`synth.crowd`); not in the manifest."""
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the collection root, the form every manifest entry uses."""
         return path.relative_to(self.root).as_posix()
 
-    def good(self, label: str, patient: str) -> None:
-        """Count one image that a correct reader must ingest with ``label``."""
+    def good(
+        self,
+        label: str,
+        patient: str,
+        path: Path | None = None,
+        lesions: Iterable[Any] = (),
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        """Count one image that a correct reader must ingest with ``label``; with its ``path``, remember
+        it, its ``lesions`` (objects with ``x``, ``y``, ``radius`` in the file's pixels) and its decoded
+        ``shape`` (rows, columns) in :attr:`truth`."""
         self.images += 1
         self.labels[label] += 1
         self.patients.add(patient)
+        if path is not None:
+            marks = [[float(lesion.x), float(lesion.y), float(lesion.radius)] for lesion in lesions]
+            entry = {"path": self.rel(path), "label": label, "marks": marks}
+            self.truth.append({**entry, "shape": list(shape)} if shape else entry)
 
     def plant(self, path: Path, kind: str) -> None:
         """Record a deliberately bad input (the file may not exist, e.g. ``missing_file``)."""

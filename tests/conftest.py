@@ -7,11 +7,14 @@ subprocess instead, so this session stays the only one in the test process.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pyspark.sql import SparkSession
@@ -77,6 +80,66 @@ def tiles(spark: SparkSession, settings: Settings, ingested: dict[str, Collectio
     (``images``, ``annotations``, ``quarantine``, ``tiles``) are then built. Read-only for tests."""
     tile_images(spark, settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def crowd(
+    spark: SparkSession, tiles: Settings, corpus: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory
+) -> SimpleNamespace:
+    """A writable copy of the session lakehouse (images, annotations, tiles) with the crowd's reports
+    ingested and their consensus built once; the tests of reports, consensus and consensus training share
+    it.
+
+    Beside the session corpus's crowd (``reports/``, ``reports.json``), a landing folder is landed (its
+    DICOMs name a ``PatientID``, its PNGs do not) and three readers report on each landed mammogram
+    (``landing.jsonl``: alternately normal and malignant), so landed images have consensus labels too.
+    ``landing_reports`` counts those reports.
+    """
+    import synth.landing
+    from pipelines.crowd import build_consensus
+    from pipelines.io import read_table
+    from pipelines.land import land_folder
+    from pipelines.reports import ingest_reports
+
+    root = tmp_path_factory.mktemp("crowd-lakehouse")
+    for table in ("images", "annotations", "tiles"):
+        shutil.copytree(Path(tiles.lakehouse.table(table)), root / table)
+    settings = load_settings(
+        "tiny",
+        [
+            f"lakehouse.root={root}",
+            "spark.master=local[2]",
+            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        ],
+    )
+    landing = tmp_path_factory.mktemp("crowd-landing") / "landing"
+    synth.landing.generate(landing, images=12, seed=3)
+    land_folder(spark, settings, landing, None, DEMO_SECRET)
+    reports = tmp_path_factory.mktemp("crowd-reports") / "reports"
+    shutil.copytree(corpus[0] / "reports", reports)
+    landed = read_table(spark, settings.lakehouse.table("landing_images")).where("modality = 'mammography'")
+    lines = [
+        {
+            "reporter": reader,
+            "image_id": row["image_id"],
+            "label": "malignant" if number % 2 else "normal",
+            "reported_at": "2026-06-01T10:00:00Z",
+        }
+        for number, row in enumerate(landed.select("image_id").orderBy("image_id").collect())
+        for reader in ("reader-01", "reader-02", "reader-03")
+    ]
+    (reports / "landing.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    manifest = json.loads((corpus[0] / "reports.json").read_text())
+    first = ingest_reports(spark, settings, reports, DEMO_SECRET)
+    consensus = build_consensus(spark, settings, manifest["truth"])
+    return SimpleNamespace(
+        settings=settings,
+        reports=reports,
+        manifest=manifest,
+        first=first,
+        consensus=consensus,
+        landing_reports=len(lines),
+    )
 
 
 @pytest.fixture()

@@ -32,9 +32,26 @@ class TaskData:
     val_files: tuple[str, ...]
     test_files: tuple[str, ...]
     rule: SplitRule = BY_PATIENT
+    labels: tuple[tuple[str, str], ...] = ()
+    """Where ``train.labels`` moved a collection off its own labels: ``(collection, consensus:<annotations
+    version>)`` pairs; empty when every collection trains on its own."""
 
     def lineage(self) -> dict[str, Any]:
-        return {"table": self.table, "version": self.version, "filter": self.condition, "counts": self.counts}
+        lineage = {
+            "table": self.table,
+            "version": self.version,
+            "filter": self.condition,
+            "counts": self.counts,
+        }
+        return {**lineage, "labels": dict(self.labels)} if self.labels else lineage
+
+    def lineage_tags(self) -> dict[str, str]:
+        """The labels part of the lineage as MLflow tags (none when every collection used its own)."""
+        if not self.labels:
+            return {}
+        import json
+
+        return {"lineage.labels": json.dumps(dict(self.labels), sort_keys=True)}
 
 
 def task_data(spark: Any, table: str, version: int, task: Task, rule: SplitRule = BY_PATIENT) -> TaskData:
@@ -66,7 +83,10 @@ def task_data(spark: Any, table: str, version: int, task: Task, rule: SplitRule 
     else:
         every = tuple(files_holding(spark, table, version, condition))
         files = dict.fromkeys(SPLITS, every)
-    return TaskData(table, version, condition, counts, files["train"], files["val"], files["test"], rule)
+    labels = tuple(sorted((c, how) for c, how in task.label_sources().items() if how != "collection"))
+    return TaskData(
+        table, version, condition, counts, files["train"], files["val"], files["test"], rule, labels
+    )
 
 
 def class_weights(task: Task, train_counts: dict[str, int]) -> tuple[float, ...]:

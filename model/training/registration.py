@@ -114,6 +114,7 @@ def register_best(settings: Any, task: Task, data: TaskData, directory: Path, st
         "task": task.name,
         "lineage.table": data.table,
         "lineage.version": str(data.version),
+        **data.lineage_tags(),
         "best_epoch": str(state["best_epoch"]),
         "best_val_auc": f"{state['best_auc']:.4f}",
         "calibration.temperature": f"{temperature:.4f}",

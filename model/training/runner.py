@@ -140,6 +140,7 @@ def fit_task(
                     "lineage.version": str(data.version),
                     "lineage.filter": data.condition,
                     "lineage.counts": json.dumps(data.counts, sort_keys=True),
+                    **data.lineage_tags(),
                 }
             )
         directory = Path(settings.lakehouse.root) / "checkpoints" / run.info.run_id
@@ -230,17 +231,26 @@ def train_tasks(
 
     from model.registry import model_name
     from model.tracking import use_tracking
-    from pipelines.io import current_version, table_exists
+    from pipelines.curation import LANDING, describe_labels, resolve_labels
+    from pipelines.io import current_version, read_table, table_exists
 
     chosen = check_trainable(settings, tasks or settings.train.tasks)
     tiles = settings.lakehouse.table("tiles")
     if not table_exists(spark, tiles):
         raise Refused("no tiles table yet: run 'oncolake tile' first")
     version = current_version(spark, tiles)
+    try:
+        labels = resolve_labels(settings, read_table(spark, tiles, version))
+    except LookupError as exc:
+        raise Refused(str(exc)) from None
+    if labels:
+        print(f"train: labels: {describe_labels(labels)}", flush=True)
     use_tracking(settings)
     num_proc = settings.train.num_proc or spark.sparkContext.defaultParallelism
     results = []
     for task in chosen:
+        own = {c: how for c, how in labels.items() if c in task.collections or c == LANDING}
+        task = task.with_labels(own) if own else task
         data = task_data(spark, tiles, version, task)
         print(f"train: {task.name} on {tiles}@{version}: {data.counts}", flush=True)
         result = fit_task(spark, settings, task, data, num_proc, resume)

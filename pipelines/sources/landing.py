@@ -29,6 +29,9 @@ MODALITIES = ("mammography", "histology")
 DICOM_MODALITIES = {"MG": "mammography", "SM": "histology"}
 _SIDES: dict[str, Literal["L", "R"]] = {"L": "L", "R": "R"}  # a laterality tag's first letter
 RASTER_SUFFIXES = {".png", ".pgm"}
+PATIENT_FROM = "patient_from"
+"""Attribute saying where a landed image's patient key came from: ``PatientID`` (a DICOM tag: the image
+can join training once curated, :mod:`pipelines.curation`) or ``file`` (the file is its own patient)."""
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
@@ -105,7 +108,10 @@ def scan(root: Path, modality: str | None = None) -> Scan:
                 view=header.get("ViewPosition") or None,
                 laterality=_SIDES.get(laterality),
                 modality=chosen,
-                attributes=(("format", "dicom" if dicom else path.suffix.lower().lstrip(".")),),
+                attributes=(
+                    ("format", "dicom" if dicom else path.suffix.lower().lstrip(".")),
+                    (PATIENT_FROM, "PatientID" if header.get("PatientID") else "file"),
+                ),
             )
         )
     return result

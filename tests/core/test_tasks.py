@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from core.tasks import TASKS, SplitRule
+from core.tasks import ORIGIN, TASKS, SplitRule, label_origin
 
 
 def _tiles() -> pd.DataFrame:
@@ -19,8 +19,13 @@ def _tiles() -> pd.DataFrame:
         label = ["normal", "benign", "malignant", None][(i // 4) % 4]
         image_id = hashlib.sha256(str(i).encode()).hexdigest()
         source = {"normal": ["normal_image", "normal_tissue"][i % 2], None: "ambiguous"}.get(label, "finding")
-        rows.append((f"t{i}", image_id, collection, modality, label, source, ["train", "val", "test"][i % 3]))
-    columns = ["tile_id", "image_id", "collection", "modality", "label", "label_source", "split"]
+        split = ["train", "val", "test"][i % 3]
+        origin = label_origin(collection)
+        rows.append((f"t{i}", image_id, collection, modality, label, source, split, origin))
+        # The same tile labelled by an expert consensus: never a row of a task unless asked for.
+        consensus = label_origin(collection, "consensus:4")
+        rows.append((f"t{i}-c4", image_id, collection, modality, label, source, split, consensus))
+    columns = ["tile_id", "image_id", "collection", "modality", "label", "label_source", "split", ORIGIN]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -41,8 +46,28 @@ def test_a_task_keeps_only_its_collections_and_known_labels() -> None:
     assert kept["label"].notna().all()
     assert task.sql_condition() == (
         "modality = 'mammography' AND collection IN ('mias', 'ddsm') "
-        "AND label IN ('normal', 'benign', 'malignant')"
+        "AND label IN ('normal', 'benign', 'malignant') "
+        "AND label_origin IN ('mias:collection', 'ddsm:collection')"
     )
+    assert not kept["tile_id"].str.endswith("-c4").any()  # consensus-labelled tiles only when asked
+
+
+def test_with_labels_trains_a_collection_on_consensus_and_adds_landed_images(spark: SparkSession) -> None:
+    task = TASKS["mammo_normal_vs_abnormal"].with_labels({"mias": "consensus:4", "landing": "consensus:4"})
+    frame = _tiles()
+    landed = frame[frame["collection"] == "mias"].assign(
+        collection="landing", tile_id=lambda f: "l" + f["tile_id"], label_origin="landing:consensus:4"
+    )
+    frame = pd.concat([frame, landed], ignore_index=True)
+    kept = frame[task.rows_of(frame)]
+    by_origin = set(kept[ORIGIN])
+    assert by_origin == {"mias:consensus:4", "ddsm:collection", "landing:consensus:4"}
+    assert task.label_sources() == {"mias": "consensus:4", "ddsm": "collection", "landing": "consensus:4"}
+    in_spark = {r["tile_id"] for r in spark.createDataFrame(frame).where(task.sql_condition()).collect()}
+    assert in_spark == set(kept["tile_id"])
+    # A frame read without the column (older tiles) holds collection-labelled tiles.
+    own = TASKS["mammo_normal_vs_abnormal"]
+    assert own.rows_of(frame.drop(columns=[ORIGIN])).sum() > 0
 
 
 def test_benign_vs_malignant_learns_the_normal_tissue_of_abnormal_images_only() -> None:

@@ -96,3 +96,30 @@ def test_a_reader_who_reports_again_counts_once(spark: SparkSession) -> None:
     ).withColumn("reported_at", F.to_timestamp("reported_at"))
     latest = {(r["reporter"], r["label"]) for r in latest_reports(reports).collect()}
     assert latest == {("reader-a", "malignant"), ("reader-b", "benign")}
+
+
+def test_overlapping_marks_of_several_readers_become_one_finding() -> None:
+    """Two readers' circles around one lesion (IoU about 0.6) merge; a third reader's mark elsewhere and a
+    barely touching one (IoU below 0.3) stay findings of their own."""
+    import json
+
+    from core.codec import decode_png
+    from pipelines.consensus import merge_marks
+
+    def circle(x: float, y: float, r: float) -> str:
+        return json.dumps({"kind": "circle", "x": x, "y": y, "radius": r})
+
+    marks = [
+        ("a", "malignant", "circle", circle(50, 50, 10)),
+        ("b", "malignant", "circle", circle(53, 51, 11)),
+        ("c", "benign", "circle", circle(150, 60, 8)),
+        ("c", "benign", "circle", circle(50, 68, 8)),  # touches the first two, IoU < 0.3
+    ]
+    found = merge_marks(marks, 120, 200, iou=0.3)
+    assert [(f["marks"], f["readers"], f["label"]) for f in found] == [
+        (2, 2, "malignant"),
+        (1, 1, "benign"),
+        (1, 1, "benign"),
+    ]
+    region = decode_png(found[0]["mask_png"]) > 0
+    assert region.shape == (120, 200) and region[50, 51] and not region[50, 150]

@@ -558,3 +558,43 @@ def test_mammogram_lesions_and_orientation() -> None:
             mask = lesion.mask(300, 200)
             assert mask[round(lesion.y), round(lesion.x)]
             assert lesion.radius >= 4
+
+
+def test_crowd_reports_beside_the_corpus(corpus: tuple[Path, dict]) -> None:
+    """12 readers of known kinds, one file each (JSON Lines 1-8, CSV 9-12), every good report naming an
+    image of the corpus, the planted bad reports and files listed."""
+    import hashlib
+
+    from synth.crowd import PLANTED_FILES, PLANTED_REPORTS
+
+    out, manifest = corpus
+    crowd = json.loads((out / "reports.json").read_text())
+    kinds = [r["kind"] for r in crowd["readers"]]
+    assert kinds.count("expert") == 3 and kinds.count("average") == 6 and kinds.count("spammer") == 2
+    assert set(crowd["truth"].values()) <= {"normal", "benign", "malignant"}
+    assert len(crowd["truth"]) == sum(entry["images"] for entry in manifest.values())
+    hashes = {
+        hashlib.sha256(
+            (out / manifest[key.split("/", 1)[0]]["root"] / key.split("/", 1)[1]).read_bytes()
+        ).hexdigest()
+        for key in crowd["truth"]
+    }
+    rows: list[dict] = []
+    for name in crowd["files"]:
+        path = out / "reports" / name
+        if name.endswith(".jsonl"):
+            rows += [json.loads(line) for line in path.read_text().splitlines()]
+        else:
+            rows += list(csv.DictReader(io.StringIO(path.read_text(), newline="")))
+    assert len(rows) == crowd["reports"] + len(PLANTED_REPORTS)
+    good = [r for r in rows if not str(r.get("report_id", "")).startswith("planted-")]
+    marked = 0
+    for row in good:
+        if row.get("collection"):
+            assert f"{row['collection']}/{row['path']}" in crowd["truth"]
+        else:
+            digest = row.get("sha256") or row["image_id"]
+            assert any(h.startswith(digest) for h in hashes)
+        marked += bool(row.get("marks"))
+    assert marked > 0
+    assert {p["kind"] for p in crowd["planted"]} == set(PLANTED_REPORTS) | set(PLANTED_FILES)
