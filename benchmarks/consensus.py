@@ -21,7 +21,7 @@ start from the majority vote and stop on the same rule, see :mod:`pipelines.cons
     (``task, worker, label``), in this process (pandas: one core, whatever ``--cores``). Timed from the
     call to its return; reading the frame is not timed.
 ``spark 1x`` and ``spark Nx``
-    :func:`pipelines.consensus.dawid_skene` (what ``oncolake crowd`` runs) on ``spark.read.parquet`` of
+    :func:`pipelines.consensus.dawid_skene` (what ``oncolake consensus`` runs) on ``spark.read.parquet`` of
     the files, on ``local[cores]`` with the local profile's settings (:func:`jobs.session.build_spark`).
     Each in a fresh child process, so each has its own JVM and the driver's memory of one run is not the
     heap another left grown. First an untimed warm-up (a fit of 2 iterations on the first 20,000
