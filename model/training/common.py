@@ -35,6 +35,8 @@ class TaskData:
     labels: tuple[tuple[str, str], ...] = ()
     """Where ``train.labels`` moved a collection off its own labels: ``(collection, consensus:<annotations
     version>)`` pairs; empty when every collection trains on its own."""
+    consensus: str | None = None
+    """With consensus labels: the consensus table and its version when training read it (``path@v``)."""
 
     def lineage(self) -> dict[str, Any]:
         lineage = {
@@ -51,7 +53,8 @@ class TaskData:
             return {}
         import json
 
-        return {"lineage.labels": json.dumps(dict(self.labels), sort_keys=True)}
+        tags = {"lineage.labels": json.dumps(dict(self.labels), sort_keys=True)}
+        return {**tags, "lineage.consensus": self.consensus} if self.consensus else tags
 
 
 def task_data(spark: Any, table: str, version: int, task: Task, rule: SplitRule = BY_PATIENT) -> TaskData:

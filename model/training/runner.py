@@ -9,6 +9,7 @@ task's challenger (:mod:`model.training.registration`), and optionally the leaka
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -243,8 +244,11 @@ def train_tasks(
         labels = resolve_labels(settings, read_table(spark, tiles, version))
     except LookupError as exc:
         raise Refused(str(exc)) from None
+    consensus = None
     if labels:
-        print(f"train: labels: {describe_labels(labels)}", flush=True)
+        path = settings.lakehouse.table("consensus")
+        consensus = f"{path}@{current_version(spark, path)}"
+        print(f"train: labels: {describe_labels(labels)} ({consensus})", flush=True)
     use_tracking(settings)
     num_proc = settings.train.num_proc or spark.sparkContext.defaultParallelism
     results = []
@@ -252,6 +256,8 @@ def train_tasks(
         own = {c: how for c, how in labels.items() if c in task.collections or c == LANDING}
         task = task.with_labels(own) if own else task
         data = task_data(spark, tiles, version, task)
+        if data.labels:
+            data = dataclasses.replace(data, consensus=consensus)
         print(f"train: {task.name} on {tiles}@{version}: {data.counts}", flush=True)
         result = fit_task(spark, settings, task, data, num_proc, resume)
         best = f"best epoch {result['best_epoch']}, validation AUC {result['best_auc']:.3f}"

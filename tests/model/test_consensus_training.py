@@ -74,6 +74,7 @@ def test_training_on_consensus_labels_keeps_evaluation_on_ground_truth(spark: Sp
     run = client.get_run(result["run_id"])
     labels = json.loads(run.data.tags["lineage.labels"])
     assert labels == {"mias": f"consensus:{version}", "landing": f"consensus:{version}"}
+    assert run.data.tags["lineage.consensus"].startswith(settings.lakehouse.table("consensus") + "@")
     assert f"mias:consensus:{version}" in run.data.tags["lineage.filter"]
     assert "mias:collection" not in run.data.tags["lineage.filter"]
     name = f"consensus-test-{TASK.name}"
