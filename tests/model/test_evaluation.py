@@ -21,7 +21,8 @@ I1, I2, I3 = "1" * 32, "e" * 32, "5" * 32  # content-hash ids; by image, I1 is t
 def _tile(tile: str, image: str, patient: str, label: str | None, image_label: str, **more: str) -> dict:
     row = {"tile_id": tile, "image_id": image, "patient_key": patient, "modality": "histology"}
     row |= {"collection": "breakhis", "split": "test", "label": label, "image_label": image_label}
-    return {"label_source": "whole_image"} | row | more
+    row = {"label_source": "whole_image"} | row | more
+    return {"label_origin": f"{row['collection']}:collection"} | row
 
 
 def _write(rows: list[dict], path: Path) -> str:
@@ -37,6 +38,8 @@ def test_evaluation_reads_every_tile_of_the_tasks_images_in_the_split(tmp_path: 
         _tile("t3", I2, "p2", "benign", "benign", split="val"),  # another split
         _tile("t4", I3, "p3", "benign", "benign", collection="mias", modality="mammography"),
         _tile("t5", I1, "p1", "malignant", "malignant", label_source="lesion_patch"),  # a training patch
+        # The same image's tile labelled by an expert consensus: evaluation keeps the collection's own.
+        _tile("t6", I1, "p1", "benign", "benign", label_origin="breakhis:consensus:3"),
     ]
     files = [_write(rows, tmp_path / "tiles.parquet")]
     seen: list[int] = []
