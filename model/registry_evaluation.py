@@ -276,10 +276,12 @@ def evaluate_version(spark: Any, settings: Any, task: Task, name: str, version: 
     registered = registry.find_version(name, version=version, client=client)
     tags = registered.tags
     threshold, aggregation = registry.threshold(registered), registry.aggregation(registered)
+    from pipelines.curation import LANDING
+
     trained_on = json.loads(tags.get("lineage.labels", "{}"))
     # Figures keep each collection's own ground truth; images without any (landed ones) are judged on
     # the consensus they were trained on, and the report says so.
-    without_truth = {c: how for c, how in trained_on.items() if c == "landing"}
+    without_truth = {c: how for c, how in trained_on.items() if c == LANDING}
     task = task.with_labels(without_truth) if without_truth else task
     data = task_data(spark, tags["lineage.table"], int(tags["lineage.version"]), task)
     rounds, uri = settings.evaluate.bootstrap_rounds, f"models:/{name}/{version}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -300,21 +301,22 @@ def build_consensus(
 
     if not written:
         return summary
-    table = written[0]
-    for frame in written[1:]:
-        table = table.unionByName(frame)
-    table = table.join(findings, "image_id", "left").select(
-        "consensus_id",
-        "image_id",
-        "modality",
-        "label",
-        "probabilities",
-        "reports",
-        "agreement",
-        "method",
-        "findings",
-        "annotations_version",
-        "computed_at",
+    table = (
+        reduce(DataFrame.unionByName, written)
+        .join(findings, "image_id", "left")
+        .select(
+            "consensus_id",
+            "image_id",
+            "modality",
+            "label",
+            "probabilities",
+            "reports",
+            "agreement",
+            "method",
+            "findings",
+            "annotations_version",
+            "computed_at",
+        )
     )
     # Reporters first: consensus is the commit marker (a run killed in between re-runs whole, and the
     # reporters' rows MERGE as already present).
@@ -384,15 +386,3 @@ def write_report(summary: ConsensusSummary, folder: Path, known: Mapping[str, di
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def consensus_labels(
-    spark: SparkSession, settings: Settings, method: str, version: int | None = None
-) -> DataFrame:
-    """The consensus table's rows of one method, from the newest annotations version it holds (or
-    ``version``): what training on consensus labels reads."""
-    table = read_table(spark, settings.lakehouse.table("consensus")).where(F.col("method") == method)
-    if version is None:
-        newest = table.agg(F.max("annotations_version")).first()
-        version = None if newest is None else newest[0]
-    return table.where(F.col("annotations_version") == F.lit(version))

@@ -24,7 +24,6 @@ from pyspark.sql import functions as F
 from conf import Settings
 from core.tasks import ORIGIN
 from pipelines.collections import image_metadata, splits_for_new
-from pipelines.crowd import consensus_labels
 from pipelines.io import read_table, table_exists
 from pipelines.sources.landing import PATIENT_FROM
 
@@ -40,13 +39,15 @@ def consensus_collections(settings: Settings) -> list[str]:
 def newest_consensus(spark: SparkSession, settings: Settings) -> tuple[DataFrame, int] | None:
     """The consensus rows of ``train.consensus_method`` from the newest annotations version, and that
     version; ``None`` without a consensus table or rows of that method."""
-    if not table_exists(spark, settings.lakehouse.table("consensus")):
+    path = settings.lakehouse.table("consensus")
+    if not table_exists(spark, path):
         return None
-    rows = consensus_labels(spark, settings, settings.train.consensus_method)
-    first = rows.select("annotations_version").first()
-    if first is None:
+    rows = read_table(spark, path).where(F.col("method") == settings.train.consensus_method)
+    newest = rows.agg(F.max("annotations_version")).first()
+    if newest is None or newest[0] is None:
         return None
-    return rows, int(first[0])
+    version = int(newest[0])
+    return rows.where(F.col("annotations_version") == version), version
 
 
 def _as_findings(label: F.Column, findings: F.Column) -> F.Column:

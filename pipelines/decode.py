@@ -13,9 +13,10 @@ import dataclasses
 import hashlib
 import json
 import pickle
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -195,6 +196,12 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
     }
 
 
+def object_frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """``rows`` as a pandas frame for ``mapInPandas`` to hand back to Spark: object columns, so a missing
+    value stays ``None`` (no NaN in a string column, no map or struct to fill for a quarantined row)."""
+    return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
+
+
 DECODE_BATCH = 16  # decoded images a Python worker holds before handing them to Spark
 
 
@@ -218,7 +225,6 @@ def decode_images(records: DataFrame, roots: Mapping[str, str], options: Normali
             records = batch.to_dict("records")
             for start in range(0, len(records), DECODE_BATCH):
                 rows = [decode_record(row, roots, options) for row in records[start : start + DECODE_BATCH]]
-                # Object columns keep None as None: a quarantined row has no map or struct values to fill.
-                yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
+                yield object_frame(rows, columns)
 
     return records.mapInPandas(run, DECODED_SCHEMA)

@@ -40,8 +40,9 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from pyspark.sql import types as T
 from conf import Settings
 from core.ids import stable_id, stable_id_sql
 from core.quiet import quiet
-from pipelines.decode import FINDING_TYPE
+from pipelines.decode import FINDING_TYPE, object_frame
 from pipelines.ingest import QUARANTINE_SCHEMA
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.normalise import Transform, transform_geometry
@@ -355,11 +356,12 @@ def csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _ls_reporter(completed_by: Any) -> str | None:
+    """A reader's e-mail where the export gives one, else ``label-studio-user:<user id>``."""
     if isinstance(completed_by, Mapping):
         email = _value(completed_by.get("email"))
-        completed_by = email if email else completed_by.get("id")
         if email:
             return str(email)
+        completed_by = completed_by.get("id")
     return None if completed_by is None else f"label-studio-user:{completed_by}"
 
 
@@ -428,13 +430,7 @@ def label_studio_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     kind, value = result.get("type"), result.get("value") or {}
                     control = str(result.get("from_name", "")).lower()
                     if kind == "choices" and value.get("choices"):
-                        field = (
-                            "birads"
-                            if "birads" in control
-                            else "density"
-                            if "density" in control
-                            else "label"
-                        )
+                        field = next((f for f in ("birads", "density") if f in control), "label")
                         row[field] = value["choices"][0]
                     elif kind in _LS_REGIONS:
                         marks.append(_ls_mark(value, kind))
@@ -519,7 +515,7 @@ def parse_files(frame: DataFrame, root: str, secret: bytes, keep_text: bool) -> 
         for batch in batches:
             for file in batch["file"]:
                 rows = parse_file(base, str(file), None, secret, keep_text)
-                yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in columns})
+                yield object_frame(rows, columns)
 
     return frame.mapInPandas(run, PARSED_SCHEMA)
 
@@ -527,26 +523,23 @@ def parse_files(frame: DataFrame, root: str, secret: bytes, keep_text: bool) -> 
 # --- Placing marks and checking labels (executors) ---------------------------------------------------
 
 
+def _turned(
+    x: float, y: float, offsets: Iterable[tuple[float, float]], degrees: float
+) -> list[tuple[float, float]]:
+    """The points ``(x, y) + offset``, the offsets turned by ``degrees`` (clockwise on screen) about
+    ``(x, y)``."""
+    cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in offsets]
+
+
 def _polygon_ellipse(x: float, y: float, rx: float, ry: float, degrees: float) -> list[tuple[float, float]]:
-    angle = math.radians(degrees)
-    points = []
-    for k in range(ELLIPSE_POINTS):
-        t = 2 * math.pi * k / ELLIPSE_POINTS
-        dx, dy = rx * math.cos(t), ry * math.sin(t)
-        points.append(
-            (x + dx * math.cos(angle) - dy * math.sin(angle), y + dx * math.sin(angle) + dy * math.cos(angle))
-        )
-    return points
+    steps = (2 * math.pi * k / ELLIPSE_POINTS for k in range(ELLIPSE_POINTS))
+    return _turned(x, y, ((rx * math.cos(t), ry * math.sin(t)) for t in steps), degrees)
 
 
 def _rotated_box(x0: float, y0: float, x1: float, y1: float, degrees: float) -> list[tuple[float, float]]:
     """A box's corners, turned by ``degrees`` (clockwise on screen) about its first corner."""
-    angle = math.radians(degrees)
-    corners = [(0.0, 0.0), (x1 - x0, 0.0), (x1 - x0, y1 - y0), (0.0, y1 - y0)]
-    return [
-        (x0 + dx * math.cos(angle) - dy * math.sin(angle), y0 + dx * math.sin(angle) + dy * math.cos(angle))
-        for dx, dy in corners
-    ]
+    return _turned(x0, y0, [(0.0, 0.0), (x1 - x0, 0.0), (x1 - x0, y1 - y0), (0.0, y1 - y0)], degrees)
 
 
 def place_mark(mark: Mapping[str, Any], space: str, image: Mapping[str, Any]) -> Geometry:
@@ -674,6 +667,20 @@ def build_report(row: Mapping[str, Any]) -> dict[str, Any]:
 _TRANSFORM_FIELDS = ("flipped", "top", "left", "bottom", "right", "scale", "height", "width")
 
 
+IMAGE_TABLES = ("images", "landing_images")
+"""The tables whose images reports may name."""
+
+
+def image_tables(
+    spark: SparkSession, settings: Settings, shape: Callable[[DataFrame], DataFrame]
+) -> DataFrame | None:
+    """``shape`` applied to each of :data:`IMAGE_TABLES` that exists, the results united by name;
+    ``None`` when neither exists yet."""
+    paths = [settings.lakehouse.table(name) for name in IMAGE_TABLES]
+    frames = [shape(read_table(spark, path)) for path in paths if table_exists(spark, path)]
+    return reduce(DataFrame.unionByName, frames) if frames else None
+
+
 def known_images(spark: SparkSession, settings: Settings) -> DataFrame | None:
     """The images reports may name: ``images`` and ``landing_images``, keys and geometry only (no pixels).
 
@@ -681,29 +688,21 @@ def known_images(spark: SparkSession, settings: Settings) -> DataFrame | None:
         ``image_id, source_key, collection, modality, original_height, original_width, height, width`` and
         the transform's fields as ``t_<field>``; ``None`` when neither table exists yet.
     """
-    frames = []
-    for name in ("images", "landing_images"):
-        path = settings.lakehouse.table(name)
-        if table_exists(spark, path):
-            frames.append(
-                read_table(spark, path).select(
-                    "image_id",
-                    "source_key",
-                    "collection",
-                    "modality",
-                    "original_height",
-                    "original_width",
-                    "height",
-                    "width",
-                    *(F.col("transform")[k].alias(f"t_{k}") for k in _TRANSFORM_FIELDS),
-                )
-            )
-    if not frames:
-        return None
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    return union
+    return image_tables(
+        spark,
+        settings,
+        lambda table: table.select(
+            "image_id",
+            "source_key",
+            "collection",
+            "modality",
+            "original_height",
+            "original_width",
+            "height",
+            "width",
+            *(F.col("transform")[k].alias(f"t_{k}") for k in _TRANSFORM_FIELDS),
+        ),
+    )
 
 
 def resolve_images(parsed: DataFrame, images: DataFrame | None) -> DataFrame:
@@ -762,7 +761,7 @@ def build_reports(resolved: DataFrame) -> DataFrame:
                 if row["status"] == "ok":
                     row.update(build_report(row))
                 out.append(row)
-            yield pd.DataFrame({c: pd.Series([r.get(c) for r in out], dtype=object) for c in columns})
+            yield object_frame(out, columns)
 
     return resolved.mapInPandas(run, BUILT_SCHEMA)
 
@@ -977,29 +976,18 @@ def export_tasks(
     """
     import base64
 
-    frames = []
-    for name in ("images", "landing_images"):
-        path = settings.lakehouse.table(name)
-        if table_exists(spark, path):
-            frames.append(read_table(spark, path).select("image_id", "modality"))
-    if not frames:
+    images = image_tables(spark, settings, lambda table: table.select("image_id", "modality"))
+    if images is None:
         return 0
-    images = frames[0]
-    for frame in frames[1:]:
-        images = images.unionByName(frame)
     if modality:
         images = images.where(F.col("modality") == modality)
     ranked = reading_priority(spark, settings, images.dropDuplicates(["image_id"]))
     chosen = ranked.orderBy(F.col("priority").desc(), F.col("reports").asc(), "image_id").limit(limit).cache()
-    ids = chosen.select("image_id")
-    pixels = []
-    for name in ("images", "landing_images"):
-        path = settings.lakehouse.table(name)
-        if table_exists(spark, path):
-            pixels.append(
-                read_table(spark, path).join(F.broadcast(ids), "image_id").select("image_id", "pixels")
-            )
-    pngs = {r["image_id"]: bytes(r["pixels"]) for frame in pixels for r in frame.collect()}
+    ids = F.broadcast(chosen.select("image_id"))
+    pixels = image_tables(
+        spark, settings, lambda table: table.join(ids, "image_id").select("image_id", "pixels")
+    )
+    pngs = {r["image_id"]: bytes(r["pixels"]) for r in pixels.collect()} if pixels is not None else {}
     tasks = []
     for row in chosen.collect():
         data = {

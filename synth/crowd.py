@@ -159,8 +159,12 @@ REPORTS = "reports"
 """The reports folder's name under the corpus (``<out>/reports``); its manifest is ``<out>/reports.json``."""
 
 MODALITY_CLASSES = {"mammography": LABEL_SETS[0], "histology": LABEL_SETS[1]}
-COLLECTION_MODALITY = {"breakhis": "histology", "mias": "mammography", "ddsm": "mammography"}
-COLLECTION_MODALITY["cbis_ddsm"] = "mammography"
+COLLECTION_MODALITY = {
+    "breakhis": "histology",
+    "mias": "mammography",
+    "ddsm": "mammography",
+    "cbis_ddsm": "mammography",
+}
 PLANTED_REPORTS = (
     "unknown_image",
     "unknown_label",
@@ -257,6 +261,7 @@ def write_reports(
     by_reader: dict[str, list[dict[str, Any]]] = {r.reader_id: [] for r in readers}
     start = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
     revised = 0
+    hashes: dict[str, str] = {}  # image -> its file's SHA-256, each file read once
     for modality, classes in MODALITY_CLASSES.items():
         keys = {k: e["label"] for k, (c, e) in entries.items() if COLLECTION_MODALITY[c] == modality}
         if not keys:
@@ -277,7 +282,10 @@ def write_reports(
                 if pick < 0.7:
                     report.update(collection=collection, path=entry["path"])
                 else:
-                    digest = _content_hash(Path(roots[collection]) / entry["path"])
+                    key = reading.image
+                    digest = hashes.get(key) or hashes.setdefault(
+                        key, _content_hash(Path(roots[collection]) / entry["path"])
+                    )
                     report.update({"image_id": digest[:32]} if pick < 0.85 else {"sha256": digest})
                 report["label"] = label
                 if modality == "mammography" and rng.uniform() < 0.8:
@@ -325,7 +333,7 @@ def write_reports(
         bad["report_id"] = f"planted-{kind}"
         target = by_reader[readers[0].reader_id]
         target.insert(int(rng.integers(0, len(target) + 1)), bad)
-        planted.append({"kind": kind, "report_id": bad["report_id"]})
+        planted.append({"kind": kind, "report_id": bad["report_id"], "file": f"{readers[0].reader_id}.jsonl"})
 
     files: list[str] = []
     serial = 0
@@ -348,9 +356,6 @@ def write_reports(
             text = buffer.getvalue()
         (folder / name).write_text(text, encoding="utf-8")
         files.append(name)
-        for item in planted:
-            if any(row.get("report_id") == item["report_id"] for row in rows):
-                item["file"] = name
 
     broken = [json.dumps(row, sort_keys=True) for row in by_reader[readers[1].reader_id][:3]]
     broken.insert(2, broken[1][: len(broken[1]) // 2])  # a line cut short: the file does not parse
