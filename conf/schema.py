@@ -257,6 +257,16 @@ class ConsensusSettings(Section):
     mark_iou: float = Field(gt=0, le=1)
 
 
+class MaintainSettings(Section):
+    """Delta maintenance (pipelines/maintenance.py): compaction and retention."""
+
+    min_retention_hours: float = Field(ge=0)
+    margin_hours: float = Field(ge=0)
+    min_log_retention_days: int = Field(ge=1)
+    log_margin_days: int = Field(ge=0)
+    target_file_mb: int = Field(ge=1)
+
+
 class EvaluateSettings(Section):
     """Calibration, the decision threshold and the figures, fitted and reported as the issue asks."""
 
@@ -292,6 +302,7 @@ class Settings(Section):
     train: TrainSettings
     evaluate: EvaluateSettings
     consensus: ConsensusSettings
+    maintain: MaintainSettings
     aggregation: AggregationSettings
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jobs.evaluate", "score models on their test split, write reports, promote champions"),
     "land": ("jobs.land", "land new unlabelled images from a folder, normalised and tiled, ready to score"),
     "score": ("jobs.score", "score new images with the champion models into the predictions table"),
+    "maintain": (
+        "jobs.maintain",
+        "compact the tables (keeping the tiles layout) and VACUUM what no registered model pins",
+    ),
     "mlflow-server": ("jobs.mlflow_server", "serve runs and the registry behind a login (MLflow basic auth)"),
     "doctor": ("jobs.doctor", "check the installed stack (Java, Spark, Delta, Horovod, MLflow)"),
     "package": ("jobs.package", "build the code archive and packed environment for a cluster"),

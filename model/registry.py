@@ -76,3 +76,42 @@ def aggregation(version: Any) -> AggregationRule:
         return AggregationRule.from_tags(version.tags)
     except KeyError as exc:
         raise VersionIncomplete(f"{version.name} v{version.version}: {exc.args[0]}") from None
+
+
+def version_pins(tags: dict[str, str], annotations_path: str) -> dict[str, int]:
+    """The table versions one model version's lineage names: ``path -> version``.
+
+    ``lineage.table`` / ``lineage.version`` (the tiles it trained on), ``lineage.consensus`` (``path@v``:
+    the consensus table it read) and ``lineage.labels`` (collection -> ``consensus:<annotations version>``).
+    """
+    import json
+
+    pins: dict[str, int] = {}
+
+    def pin(path: str, version: int) -> None:
+        pins[path] = min(version, pins.get(path, version))
+
+    if tags.get("lineage.table") and tags.get("lineage.version", "").isdigit():
+        pin(tags["lineage.table"], int(tags["lineage.version"]))
+    path, _, version = tags.get("lineage.consensus", "").rpartition("@")
+    if path and version.isdigit():
+        pin(path, int(version))
+    for origin in json.loads(tags.get("lineage.labels") or "{}").values():
+        kind, _, version = str(origin).partition(":")
+        if kind == "consensus" and version.isdigit():
+            pin(annotations_path, int(version))
+    return pins
+
+
+def pinned_versions(settings: Settings, client: MlflowClient | None = None) -> dict[str, int]:
+    """``table path -> the oldest version`` that any version of the product's registered models (names
+    starting with ``train.model_prefix``) names in its lineage: what ``oncolake maintain`` keeps readable."""
+    client = client or MlflowClient()
+    prefix = settings.train.model_prefix
+    annotations = settings.lakehouse.table("annotations")
+    pins: dict[str, int] = {}
+    for model in client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=1000):
+        for version in client.search_model_versions(f"name = '{model.name}'", max_results=10000):
+            for path, number in version_pins(dict(version.tags or {}), annotations).items():
+                pins[path] = min(number, pins.get(path, number))
+    return pins

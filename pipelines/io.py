@@ -63,7 +63,7 @@ def files_holding(spark: SparkSession, path: str, version: int, condition: str) 
 
 
 @contextmanager
-def _commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) -> Iterator[None]:
+def commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) -> Iterator[None]:
     if metadata is None:
         yield
         return
@@ -105,7 +105,7 @@ def merge_into(
         metadata: recorded as the commit's ``userMetadata`` (the producing config, never secrets).
         partition_by: partition columns, used only when the table is created.
     """
-    with _commit_metadata(spark, metadata):
+    with commit_metadata(spark, metadata):
         if not table_exists(spark, path):
             writer = df.write.format("delta").mode("errorifexists")
             for key, value in TABLE_PROPERTIES.items():
@@ -161,7 +161,7 @@ def append_new(
             updated when they differ (e.g. :func:`row_group_properties`).
     """
     wanted = {**TABLE_PROPERTIES, **(properties or {})}
-    with _commit_metadata(spark, metadata):
+    with commit_metadata(spark, metadata):
         if not table_exists(spark, path):
             builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(df.schema)
             for key, value in wanted.items():
