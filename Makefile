@@ -43,4 +43,4 @@ package: setup
 	$(BIN)/oncolake package
 
 clean:
-	rm -rf lakehouse data dist
+	rm -rf lakehouse lakehouse-full data dist

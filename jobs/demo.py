@@ -8,8 +8,9 @@ synth -> ingest -> reports -> consensus -> tile -> train -> evaluate -> score. T
 synthetic truth. It ends with a registered model per task, its
 report under ``<lakehouse.root>/reports/`` and the promotion decision, and the champions' predictions
 for the test split and for a landing folder of new unlabelled images (``<synth.out>/landing``).
-The default size (640 images) finished in 836 s on two cores (2026-12-01, docs/models.md); ``--full``
-uses the 12,000-image corpus.
+The default size (640 images) finished in 766 s on two cores (2026-12-03, docs/models.md); ``--full``
+uses the 12,000-image corpus with the ``full`` profile unless ``--config`` names another (conf/full.yaml:
+two executor JVMs on ``local-cluster``, two epochs per task).
 Re-running skips the corpus, ingest and tiles already done; training and evaluation run again (a new
 challenger, gated against the champion), and scoring scores only what the champions have not scored.
 """
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.full and not args.config:
+        args.config = "full"  # conf/full.yaml: local-cluster, the full corpus's folder, its epoch budget
     overrides = [*args.overrides, *(["synth.out=./data/synthetic-full"] if args.full else [])]
     settings = settings_from(args, overrides[len(args.overrides) :])  # fails early on a bad configuration
     shared = [*(["--config", args.config] if args.config else []), *[f"--set={o}" for o in overrides]]

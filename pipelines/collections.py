@@ -2,8 +2,9 @@
 
 The driver scans each collection's metadata (:mod:`pipelines.sources`) and pseudonymises patients; the
 executors decode, normalise and hash the pixels (:mod:`pipelines.decode`). The quarantine, annotations
-and images tables are MERGEd in that order: the images table is the commit marker, so a run killed
-before it re-decodes those images next time and their annotations MERGE as already present. New images
+and images tables are written in that order, each with the rows whose keys are new (an anti-join on the
+keys, then one append commit): the images table is the commit marker, so a run killed before it
+re-decodes those images next time and their annotations are already present. New images
 are given a split by patient group (:mod:`pipelines.split`, near-duplicates linked by
 :mod:`pipelines.links`), and the run fails if a patient or a linked group spans two splits. Re-running
 adds nothing; adding files to a collection ingests only them.
@@ -21,7 +22,7 @@ from pyspark.sql import functions as F
 
 from conf import ConfigError, Settings, absolute_path
 from pipelines import ingest
-from pipelines.io import merge_into, read_table, table_exists
+from pipelines.io import append_new, read_table, table_exists
 from pipelines.links import HashedImage, find_links
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Scan
@@ -134,8 +135,8 @@ def ingest_collections(
 
     ingest.merge_quarantine(spark, settings, scans, decoded, metadata)
     # Annotations before images: the images table is the commit marker; a job killed in between
-    # re-decodes those images on the next run and their annotations MERGE as already present.
-    merge_into(spark, ingest.annotation_rows(decoded), lake.table("annotations"), ["annotation_id"], metadata)
+    # re-decodes those images on the next run and their annotations are found already present.
+    append_new(spark, ingest.annotation_rows(decoded), lake.table("annotations"), ["annotation_id"], metadata)
 
     existing_meta = image_metadata(existing_images) if existing_images is not None else []
     known = {m["image_id"] for m in existing_meta}

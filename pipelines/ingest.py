@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from conf import Settings
 from core.ids import stable_id, stable_id_sql
 from pipelines.decode import NormaliseOptions, decode_images
-from pipelines.io import merge_into
+from pipelines.io import append_new
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources import READERS
 from pipelines.sources.base import Rejection, Scan
@@ -285,10 +285,11 @@ def merge_quarantine(
     decoded: DataFrame,
     metadata: Mapping[str, Any],
 ) -> None:
-    """MERGE into the ``quarantine`` table what the scans rejected and the files that failed to decode."""
+    """Append to the ``quarantine`` table what the scans rejected and the files that failed to decode
+    (rows whose id is new: :func:`pipelines.io.append_new`)."""
     rejections = {name: scan.rejections for name, scan in scans.items()}
     quarantine = scan_quarantine_rows(spark, rejections, settings.privacy.hash_source_paths)
-    merge_into(
+    append_new(
         spark,
         quarantine.unionByName(decode_quarantine_rows(decoded)),
         settings.lakehouse.table("quarantine"),
@@ -329,7 +330,8 @@ def merge_images(
     metadata: Mapping[str, Any],
     strategies: Mapping[str, str] | None = None,
 ) -> None:
-    """MERGE the kept files' :func:`image_rows` into the images table at ``path``.
+    """Append the kept files' :func:`image_rows` to the images table at ``path`` (image ids not in it yet:
+    an anti-join on ``image_id`` alone, :func:`pipelines.io.append_new`; no join touches the pixels).
 
     Args:
         kept: :func:`new_files`.
@@ -345,4 +347,4 @@ def merge_images(
         ),
         "source_key string, split string, split_strategy string",
     )
-    merge_into(spark, image_rows(decoded, chosen), path, ["image_id"], metadata)
+    append_new(spark, image_rows(decoded, chosen), path, ["image_id"], metadata)

@@ -162,6 +162,13 @@ def append_new(
     """
     wanted = {**TABLE_PROPERTIES, **(properties or {})}
     with commit_metadata(spark, metadata):
+        if not table_exists(spark, path) and not properties:
+            # A new table holds no key yet: one write, no anti-join, one commit.
+            writer = (layout(df) if layout else df).write.format("delta").mode("errorifexists")
+            for key, value in TABLE_PROPERTIES.items():
+                writer = writer.option(key, value)
+            writer.save(path)
+            return
         if not table_exists(spark, path):
             builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(df.schema)
             for key, value in wanted.items():

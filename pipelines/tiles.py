@@ -376,11 +376,17 @@ def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 
             layout=by_layout(spark, files_per_group),
             properties=row_group_properties(settings.tiles.row_group_rows),
         )
+    # One pass over the table's label columns answers both the leak check and the counts.
+    label = F.coalesce("label", F.lit("(none)")).alias("label")
     table = read_table(spark, tiles_path)
-    leaks = table.groupBy("collection", "patient_key").agg(F.countDistinct("split").alias("n")).where("n > 1")
-    if leaks.limit(1).count():
-        raise SplitLeak(f"tiles of {leaks.count()} patients span two splits")
-    counts = table.groupBy("collection", "split", F.coalesce("label", F.lit("(none)")).alias("label")).count()
-    return TileSummary(
-        sorted((r["collection"], r["split"], r["label"], r["count"]) for r in counts.collect())
-    )
+    rows = table.groupBy("collection", "patient_key", "split", label).count().collect()
+    splits_of: dict[tuple[str, str], set[str | None]] = {}
+    counts: dict[tuple[str, str | None, str], int] = {}
+    for r in rows:
+        splits_of.setdefault((r["collection"], r["patient_key"]), set()).add(r["split"])
+        key = (r["collection"], r["split"], r["label"])
+        counts[key] = counts.get(key, 0) + r["count"]
+    leaks = sum(len(splits) > 1 for splits in splits_of.values())
+    if leaks:
+        raise SplitLeak(f"tiles of {leaks} patients span two splits")
+    return TileSummary(sorted((c, s, lab, n) for (c, s, lab), n in counts.items()))
