@@ -34,8 +34,8 @@ class PeakMemory:
     among the processes that map it, so pages that forked workers share are counted once, not once per
     process; without ``pss``, only RSS is read, which costs far less CPU on a large process, and
     ``peak_pss`` repeats it). ``cpu[name]`` is a timeline of ``(time.time(), CPU seconds)``: the user +
-    system CPU time of every process of the group seen so far (one that has ended keeps its last sample), from which
-    :meth:`cpu_between` reads the CPU the group spent between two instants.
+    system CPU time of every process of the group seen so far (one that has ended keeps its last
+    sample), from which :meth:`cpu_between` reads the CPU the group spent between two instants.
     """
 
     def __init__(

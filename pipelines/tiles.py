@@ -380,8 +380,8 @@ def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 
     label = F.coalesce("label", F.lit("(none)")).alias("label")
     table = read_table(spark, tiles_path)
     rows = table.groupBy("collection", "patient_key", "split", label).count().collect()
-    splits_of: dict[tuple[str, str], set[str | None]] = {}
-    counts: dict[tuple[str, str | None, str], int] = {}
+    splits_of: dict[tuple[str, str], set[str]] = {}
+    counts: dict[tuple[str, str, str], int] = {}
     for r in rows:
         splits_of.setdefault((r["collection"], r["patient_key"]), set()).add(r["split"])
         key = (r["collection"], r["split"], r["label"])
