@@ -89,6 +89,10 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         # Rows of images or tiles reach a Python worker in batches of this many: memory stays bounded
         # whatever the partition size (the default, 10,000 rows, would be gigabytes of pixels).
         "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+        # A persisted DataFrame is cached in column batches built in growing heap buffers, 10,000 rows
+        # each by default: a whole task's decoded images (ingest caches them), which ran a 1 GB executor
+        # out of heap on the full corpus. 16 rows keep it to a few images; other caches hold small rows.
+        "spark.sql.inMemoryColumnarStorage.batchSize": "16",
         # Parquet row groups of 32 MB rather than 128: a writer buffers one per task, and Petastorm
         # materialises whole row groups of tiles (as float32, ~30x the PNGs) per reader thread.
         "spark.hadoop.parquet.block.size": str(32 * 2**20),

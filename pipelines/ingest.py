@@ -270,6 +270,8 @@ def decode_new(
     rows = record_rows(scans, secret, settings.privacy.hash_source_paths)
     todo = without_present(records_frame(spark, rows), images)
     options = NormaliseOptions.from_settings(settings.normalise)
+    # Cached a few rows per batch (jobs.session sets spark.sql.inMemoryColumnarStorage.batchSize), so an
+    # executor's memory does not grow with the images per task.
     return decode_images(todo, roots, options).persist(StorageLevel.MEMORY_AND_DISK)
 
 
