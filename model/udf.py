@@ -4,12 +4,13 @@ Built with ``pyspark.ml.functions.predict_batch_udf`` around the MLflow model ra
 ``mlflow.pyfunc.spark_udf``: ``benchmarks/score.py`` measured ``spark_udf`` loading the model once per
 *task* on a local master (its per-worker cache is used only on clusters), while ``predict_batch_udf``
 keeps it once per Python worker (Spark's ``ModelCache``) everywhere, and scored faster on the same tiles
-(docs/benchmarks.md). The model's files are downloaded once on the driver and shipped with
-``SparkContext.addFile``, so executors need no access to the tracking server or its artifact store.
+(docs/benchmarks.md). The model's files are downloaded once on the driver and shipped as a zip with
+``SparkContext.addArchive``, so executors need no access to the tracking server or its artifact store.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,9 +39,13 @@ def tile_udf(
     from pyspark.ml.functions import predict_batch_udf
 
     folder = Path(tempfile.mkdtemp(prefix="oncolake-model-"))
-    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
-    spark.sparkContext.addFile(str(local), recursive=True)
-    shipped = local.name
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder / "model")))
+    # Shipped as one zip archive, which Spark unpacks on every executor: ``addFile`` of a local folder is
+    # refused on any master but ``local`` (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY: local-cluster, standalone,
+    # YARN, Kubernetes). The archive's name is unique per call, so two versions never collide.
+    archive = shutil.make_archive(str(folder / folder.name), "zip", root_dir=local)
+    spark.sparkContext.addArchive(archive)
+    shipped = Path(archive).name  # on the executors: the folder the archive was unpacked into
 
     def make_predict_fn() -> Callable:  # runs in each Python worker, once (Spark's ModelCache)
         from core.quiet import quiet
