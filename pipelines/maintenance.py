@@ -197,15 +197,28 @@ def _live_files(spark: SparkSession, path: str) -> int:
 def _vacuum(spark: SparkSession, path: str, hours: float) -> int:
     """VACUUM with ``hours`` of retention when a dry run finds files to delete; returns how many it deleted
     (a table with nothing to delete gets no VACUUM commit in its history)."""
-    check = "spark.databricks.delta.retentionDurationCheck.enabled"
-    previous = spark.conf.get(check, "true") or "true"
-    spark.conf.set(check, "false")  # the retention below Delta's 7-day guard is this module's decision
+    # The retention below Delta's 7-day guard is this module's decision. VACUUM lists the table's folders
+    # with `parallelPartitionDiscovery.parallelism` tasks (10,000 by default: minutes of empty tasks on a
+    # small cluster for an unpartitioned table); one task per core lists it as fast.
+    wanted = {
+        "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
+            max(1, spark.sparkContext.defaultParallelism)
+        ),
+    }
+    previous = {key: spark.conf.get(key, None) for key in wanted}
+    for key, value in wanted.items():
+        spark.conf.set(key, value)
     try:
         doomed = spark.sql(f"VACUUM delta.`{path}` RETAIN {hours:g} HOURS DRY RUN").count()
         if doomed:
             DeltaTable.forPath(spark, path).vacuum(hours)
     finally:
-        spark.conf.set(check, previous)
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
     return doomed
 
 
