@@ -206,7 +206,7 @@ def _vacuum(spark: SparkSession, path: str, hours: float) -> int:
             max(1, spark.sparkContext.defaultParallelism)
         ),
     }
-    previous = {key: spark.conf.get(key, None) for key in wanted}
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in wanted}
     for key, value in wanted.items():
         spark.conf.set(key, value)
     try:
