@@ -214,11 +214,11 @@ def _vacuum(spark: SparkSession, path: str, hours: float) -> int:
         if doomed:
             DeltaTable.forPath(spark, path).vacuum(hours)
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
     return doomed
 
 
