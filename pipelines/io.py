@@ -125,6 +125,24 @@ def merge_into(
         )
 
 
+def hadoop_path(spark: SparkSession, name: str) -> tuple[Any, Any]:
+    """The Hadoop ``FileSystem`` and ``Path`` (JVM objects) of ``name``: any URI the session can read."""
+    jvm: Any = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(name)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def set_table_properties(spark: SparkSession, path: str, wanted: Mapping[str, str]) -> dict[str, str]:
+    """Set the table properties of ``wanted`` that differ from the table's (one ``ALTER TABLE`` commit,
+    none when all match). Returns the properties changed."""
+    current = DeltaTable.forPath(spark, path).detail().select("properties").collect()[0][0] or {}
+    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+    if changed:
+        listed = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({listed})")
+    return changed
+
+
 def row_group_properties(rows: int) -> dict[str, str]:
     """Table properties that make every Parquet row group of the table's files ``rows`` rows long.
 
@@ -175,12 +193,7 @@ def append_new(
                 builder = builder.property(key, value)
             builder.execute()
         else:
-            table = DeltaTable.forPath(spark, path)
-            current = table.detail().select("properties").collect()[0][0] or {}
-            changed = {k: v for k, v in wanted.items() if current.get(k) != v}
-            if changed:
-                listed = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
-                spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({listed})")
+            set_table_properties(spark, path, wanted)
             add_missing_columns(spark, df, path)
         existing = read_table(spark, path).select(*keys)
         new = df.join(existing, list(keys), "left_anti")

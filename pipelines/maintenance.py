@@ -34,7 +34,14 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
 from conf import Settings
-from pipelines.io import commit_metadata, current_version, read_table, table_exists
+from pipelines.io import (
+    commit_metadata,
+    current_version,
+    hadoop_path,
+    read_table,
+    set_table_properties,
+    table_exists,
+)
 from pipelines.tiles import by_layout
 
 TILES = "tiles"
@@ -71,11 +78,7 @@ class TableMaintenance:
 
 def lakehouse_tables(spark: SparkSession, settings: Settings) -> list[str]:
     """The names of the Delta tables under ``lakehouse.root`` (a folder holding a ``_delta_log``)."""
-    root = settings.lakehouse.root
-    jvm: Any = spark.sparkContext._jvm
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    path = jvm.org.apache.hadoop.fs.Path(root)
-    fs = path.getFileSystem(hadoop)
+    fs, path = hadoop_path(spark, settings.lakehouse.root)
     if not fs.exists(path):
         return []
     names = [status.getPath().getName() for status in fs.listStatus(path) if status.isDirectory()]
@@ -84,12 +87,10 @@ def lakehouse_tables(spark: SparkSession, settings: Settings) -> list[str]:
 
 
 def _file_sizes(spark: SparkSession, files: list[str]) -> dict[str, int]:
-    jvm: Any = spark.sparkContext._jvm
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     sizes = {}
     for name in files:
-        path = jvm.org.apache.hadoop.fs.Path(name)
-        sizes[name] = int(path.getFileSystem(hadoop).getFileStatus(path).getLen())
+        fs, path = hadoop_path(spark, name)
+        sizes[name] = int(fs.getFileStatus(path).getLen())
     return sizes
 
 
@@ -179,17 +180,6 @@ def _version_age_days(spark: SparkSession, path: str, version: int, now: datetim
     return 0.0 if at is None else (now.timestamp() - at) / 86400
 
 
-def _set_properties(
-    spark: SparkSession, path: str, wanted: Mapping[str, str], metadata: Mapping[str, Any]
-) -> None:
-    current = DeltaTable.forPath(spark, path).detail().select("properties").collect()[0][0] or {}
-    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
-    if changed:
-        listed = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
-        with commit_metadata(spark, metadata):
-            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({listed})")
-
-
 def _live_files(spark: SparkSession, path: str) -> int:
     return len(read_table(spark, path).inputFiles())
 
@@ -253,16 +243,13 @@ def maintain_table(
     hours = retention_hours(spark, path, pinned, options.min_retention_hours, options.margin_hours, now)
     age = _version_age_days(spark, path, pinned, now) if pinned is not None else 0.0
     log_days = max(options.min_log_retention_days, math.ceil(age) + options.log_margin_days)
-    _set_properties(
-        spark,
-        path,
-        {
-            "delta.deletedFileRetentionDuration": f"interval {math.ceil(hours)} hours",
-            "delta.logRetentionDuration": f"interval {log_days} days",
-            "delta.checkpointRetentionDuration": f"interval {log_days} days",
-        },
-        metadata,
-    )
+    retention = {
+        "delta.deletedFileRetentionDuration": f"interval {math.ceil(hours)} hours",
+        "delta.logRetentionDuration": f"interval {log_days} days",
+        "delta.checkpointRetentionDuration": f"interval {log_days} days",
+    }
+    with commit_metadata(spark, metadata):
+        set_table_properties(spark, path, retention)
     deleted = _vacuum(spark, path, hours)
     return TableMaintenance(
         name,

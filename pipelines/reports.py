@@ -671,6 +671,10 @@ IMAGE_TABLES = ("images", "landing_images")
 """The tables whose images reports may name."""
 
 
+_IMAGE_GEOMETRY = ("collection", "modality", "original_height", "original_width", "height", "width")
+"""The image columns a report is resolved against (beside ``image_id`` and the transform's fields)."""
+
+
 def image_tables(
     spark: SparkSession, settings: Settings, shape: Callable[[DataFrame], DataFrame]
 ) -> DataFrame | None:
@@ -694,12 +698,7 @@ def known_images(spark: SparkSession, settings: Settings) -> DataFrame | None:
         lambda table: table.select(
             "image_id",
             "source_key",
-            "collection",
-            "modality",
-            "original_height",
-            "original_width",
-            "height",
-            "width",
+            *_IMAGE_GEOMETRY,
             *(F.col("transform")[k].alias(f"t_{k}") for k in _TRANSFORM_FIELDS),
         ),
     )
@@ -711,16 +710,7 @@ def resolve_images(parsed: DataFrame, images: DataFrame | None) -> DataFrame:
     Two equi-joins, one per kind of reference (by ``image_id``, by ``source_key``), never a join on an
     ``OR`` (which Spark can only run as a nested loop).
     """
-    image_columns = [
-        "image_id",
-        "collection",
-        "modality",
-        "original_height",
-        "original_width",
-        "height",
-        "width",
-        *(f"t_{k}" for k in _TRANSFORM_FIELDS),
-    ]
+    image_columns = ["image_id", *_IMAGE_GEOMETRY, *(f"t_{k}" for k in _TRANSFORM_FIELDS)]
     if images is None:
         nulls = [F.lit(None).cast("string").alias(c) for c in ("image_id", "collection", "modality")]
         return parsed.select("*", *nulls)
