@@ -1,11 +1,12 @@
 """How ingest, tile, training and scoring time grow with executors: the jobs at 1 and 2 executor JVMs.
 
-    .venv/bin/python benchmarks/scaling.py [--images 500] [--executors 1 2] [--memory-mb 3072]
+    .venv/bin/python benchmarks/scaling.py [--images 500] [--executors 1 2] [--memory-mb 5120]
         [--task mammo_normal_vs_abnormal] [--epochs 1]
 
 One synthetic corpus (``--images``, downscale 16) is written once; then, for each executor count N, a
 fresh lakehouse is filled by the real jobs run as a user runs them (``python -m jobs.cli ...``, each its
-own driver, on ``local-cluster[N,1,MB]``: N executor JVMs of one core each): ingest, tile, train (one task,
+own driver, on ``local-cluster[N,1,MB]``: N executor JVMs of one core each, sized as the ``full`` profile's:
+4 GB heap, a 2 GB driver): ingest, tile, train (one task,
 ``--epochs`` epochs, one process per executor core) and score (that task's new challenger over the test
 split). It prints the wall seconds of every job per N, the speed-up from 1 to N executors, and one JSON
 line. docs/cluster.md projects these to a 10-node cluster and to 1,000,000 images; on a machine with
@@ -51,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--executors", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--memory-mb", type=int, default=3072, help="each executor's heap")
+    parser.add_argument("--memory-mb", type=int, default=5120, help="worker capacity, >= 4 GB heap")
     parser.add_argument("--task", default="mammo_normal_vs_abnormal")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -71,7 +72,7 @@ def main() -> None:
             lake = work / f"lake-{executors}"
             sets = [
                 "--config",
-                "local",
+                "full",
                 "--set",
                 f"lakehouse.root={lake}",
                 "--set",
