@@ -63,15 +63,29 @@ def files_holding(spark: SparkSession, path: str, version: int, condition: str) 
 
 
 @contextmanager
-def commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) -> Iterator[None]:
-    if metadata is None:
-        yield
-        return
-    spark.conf.set(_USER_METADATA, json.dumps(metadata, sort_keys=True, default=str))
+def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[None]:
+    """Set these session settings for the block; each goes back to its previous value (or unset) after."""
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
     try:
         yield
     finally:
-        spark.conf.unset(_USER_METADATA)
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
+
+
+@contextmanager
+def commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) -> Iterator[None]:
+    """Record ``metadata`` (JSON) as the ``userMetadata`` of every Delta commit made in the block."""
+    if metadata is None:
+        yield
+        return
+    with session_conf(spark, {_USER_METADATA: json.dumps(metadata, sort_keys=True, default=str)}):
+        yield
 
 
 def add_missing_columns(spark: SparkSession, df: DataFrame, path: str) -> None:
