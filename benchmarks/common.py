@@ -36,6 +36,7 @@ class PeakMemory:
     ``peak_pss`` repeats it). ``cpu[name]`` is a timeline of ``(time.time(), CPU seconds)``: the user +
     system CPU time of every process of the group seen so far (one that has ended keeps its last
     sample), from which :meth:`cpu_between` reads the CPU the group spent between two instants.
+    ``peak_process[name]`` is the largest RSS of any one process of the group (the largest executor JVM).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class PeakMemory:
     ) -> None:
         self.peak_rss = dict.fromkeys(groups, 0)
         self.peak_pss = dict.fromkeys(groups, 0)
+        self.peak_process = dict.fromkeys(groups, 0)
         self.cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in groups}
         self._groups, self._every, self._descendants, self._pss = groups, every, descendants, pss
         self._cpu_seen: dict[str, dict[tuple[int, float], float]] = {name: {} for name in groups}
@@ -93,6 +95,7 @@ class PeakMemory:
                 except psutil.Error:
                     continue
                 rss, pss = rss + memory.rss, pss + getattr(memory, "pss", memory.rss)
+                self.peak_process[name] = max(self.peak_process[name], memory.rss)
                 seen[key] = times.user + times.system
             self.peak_rss[name] = max(self.peak_rss[name], rss)
             self.peak_pss[name] = max(self.peak_pss[name], pss)
