@@ -104,6 +104,9 @@ class NormaliseSettings(Section):
 
     mammography_height: int = Field(ge=64)
     histology_height: int = Field(ge=64)
+    # The largest image any decoder will allocate (rows x columns x frames, all formats): a file whose
+    # header declares more is quarantined before its pixels are read (decompression bombs).
+    max_pixels: int = Field(ge=1)
 
 
 class TileSettings(Section):

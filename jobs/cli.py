@@ -38,6 +38,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+CONFLICT_EXIT = 75
+"""The exit status of a job that lost a commit race to another job (EX_TEMPFAIL: run it again)."""
+
+
+def concurrent_commit(exc: BaseException) -> str | None:
+    """One line for Delta's conflicting-commit errors (another job committed to the same table first),
+    instead of a Java stack trace; ``None`` for any other error."""
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    kinds = (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+    if not isinstance(exc, kinds):
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (
+        f"another job committed to the same table at the same time ({type(exc).__name__}: {first[:200]}); "
+        "nothing of this run's conflicting write was committed. Run it again: what is already in is "
+        "skipped."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a job's ``main``; returns its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -54,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         return int(module.main(argv[1:]) or 0)
+    except Exception as exc:
+        conflict = concurrent_commit(exc)
+        if conflict is None:
+            raise
+        print(f"oncolake {argv[0]}: {conflict}", file=sys.stderr)
+        return CONFLICT_EXIT
     finally:
         if "pyspark" in sys.modules:  # a job that started Spark: stop it before exiting
             from jobs.session import stop_spark

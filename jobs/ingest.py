@@ -14,6 +14,7 @@ made absolute on the driver first.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from conf import ConfigError
@@ -21,7 +22,7 @@ from jobs.options import job_parser, settings_from
 from jobs.session import build_spark
 from pipelines.collections import ingest_collections, source_roots
 from pipelines.pseudonym import SecretMissing, resolve_secret
-from pipelines.summary import render_table, unbalanced, write_json
+from pipelines.summary import SystemicFailure, render_table, unbalanced, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"oncolake ingest: {exc}\n")
     if not roots:
         parser.exit(2, "oncolake ingest: no collection configured (set sources.<name> or pass --source)\n")
-    summaries = ingest_collections(build_spark(settings, "ingest"), settings, roots, secret)
+    try:
+        summaries = ingest_collections(build_spark(settings, "ingest"), settings, roots, secret)
+    except SystemicFailure as exc:
+        print(f"oncolake ingest: stopped: {exc}", file=sys.stderr)
+        return 3
     print(render_table(summaries))
     if args.summary_json:
         write_json(args.summary_json, summaries)

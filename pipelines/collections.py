@@ -27,7 +27,7 @@ from pipelines.links import HashedImage, find_links
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Scan
 from pipelines.split import ImageMeta, assign_splits, check_no_leak, moved_by_official
-from pipelines.summary import CollectionSummary
+from pipelines.summary import CollectionSummary, SystemicFailure, systemic_failure
 
 
 def absolute(roots: Mapping[str, str]) -> dict[str, str]:
@@ -58,7 +58,7 @@ def source_roots(settings: Settings, overrides: Iterable[str]) -> dict[str, str]
 
 def _scan(name: str, root: str) -> Scan:
     started = time.monotonic()
-    scan = SOURCES[name].scan(Path(root))
+    scan = SOURCES[name].scan(Path(root)).with_readable_names()
     print(
         f"ingest: scanned {name}: {len(scan.records)} images, {len(scan.rejections)} rejected, "
         f"{scan.auxiliary} auxiliary files ({time.monotonic() - started:.1f} s)",
@@ -120,6 +120,8 @@ def ingest_collections(
 
     Raises:
         SplitLeak: when a patient or a linked group of images would span two splits.
+        SystemicFailure: when nearly all of a collection's files failed for one reason that is not the
+            files' own (:func:`pipelines.summary.systemic_failure`); nothing is written then.
     """
     roots = absolute(roots)
     lake = settings.lakehouse
@@ -132,6 +134,10 @@ def ingest_collections(
     decoded = ingest.decode_new(spark, settings, scans, roots, existing_images, secret)
     outcome = ingest.outcomes(decoded)
     print(f"ingest: decoded {len(outcome)} new files", flush=True)
+    stop = systemic_failure(outcome)
+    if stop:
+        decoded.unpersist()
+        raise SystemicFailure(stop)
 
     ingest.merge_quarantine(spark, settings, scans, decoded, metadata)
     # Annotations before images: the images table is the commit marker; a job killed in between

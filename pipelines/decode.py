@@ -30,6 +30,7 @@ from core.quiet import quiet
 from pipelines.normalise import normalise, transform_geometry, transform_mask
 from pipelines.sources import READERS
 from pipelines.sources.base import DecodeError, Geometry, ImageRecord
+from pipelines.sources.files import set_pixel_limit
 
 TRANSFORM_TYPE = T.StructType(
     [
@@ -93,10 +94,11 @@ class NormaliseOptions:
 
     mammography_height: int
     histology_height: int
+    max_pixels: int = 60_000_000
 
     @classmethod
     def from_settings(cls, normalise: NormaliseSettings) -> NormaliseOptions:
-        return cls(normalise.mammography_height, normalise.histology_height)
+        return cls(normalise.mammography_height, normalise.histology_height, normalise.max_pixels)
 
     def height(self, modality: str) -> int:
         return self.mammography_height if modality == "mammography" else self.histology_height
@@ -139,6 +141,7 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
     base = {k: row[k] for k in ("source_key", "collection", "modality", "source_path", "patient_key")}
     record: ImageRecord = pickle.loads(row["record"])
     reader = READERS[record.collection]
+    set_pixel_limit(options.max_pixels)  # every decoder this record reaches (its ROI masks too)
     root = Path(roots[record.collection])
     try:
         image_id = _file_hash(root / record.path)
@@ -173,6 +176,9 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
     except (DecodeError, OSError, ValueError) as exc:
         stage = "decode" if isinstance(exc, DecodeError | OSError) else "normalise"
         return {**base, "status": "quarantined", "stage": stage, "reason": str(exc) or type(exc).__name__}
+    except Exception as exc:  # noqa: BLE001 - a library's unforeseen failure on one file stops no job
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        return {**base, "status": "quarantined", "stage": "decode", "reason": f"unexpected failure: {reason}"}
     return {
         **base,
         "status": "ok",

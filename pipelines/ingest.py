@@ -276,8 +276,10 @@ def decode_new(
 
 
 def outcomes(decoded: DataFrame) -> list[dict[str, Any]]:
-    """What became of each decoded file (``collection, status, image_id, source_key``), on the driver."""
-    return [r.asDict() for r in decoded.select("collection", "status", "image_id", "source_key").collect()]
+    """What became of each decoded file (``collection, status, image_id, source_key, reason``), on the
+    driver."""
+    columns = ("collection", "status", "image_id", "source_key", "reason")
+    return [r.asDict() for r in decoded.select(*columns).collect()]
 
 
 def merge_quarantine(

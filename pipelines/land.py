@@ -38,7 +38,7 @@ def land_folder(
     root = Path(root).resolve()
     lake = settings.lakehouse
     metadata = {"job": "land", "config": settings.public_dict()}
-    scans = {landing.NAME: landing.scan(root, modality)}
+    scans = {landing.NAME: landing.scan(root, modality).with_readable_names()}
     summary = ingest.scan_summary(scans[landing.NAME])
     images_path = lake.table("landing_images")
     existing = read_table(spark, images_path) if table_exists(spark, images_path) else None

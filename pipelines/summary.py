@@ -4,7 +4,9 @@ and the tile job's counts per collection, split and label."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,58 @@ def count_outcome(summary: CollectionSummary, status: str, image_id: str | None,
     summary.ingested += 1
     known.add(str(image_id))
     return True
+
+
+class SystemicFailure(RuntimeError):
+    """Nearly all of a collection's files failed for one reason that is not the files' own (not found
+    on the executors, permission denied, a codec missing on the workers): the job stops, writing nothing,
+    instead of quarantining a whole collection file by file."""
+
+
+SYSTEMIC_REASONS = {
+    r"\[Errno 2\]|No such file or directory": (
+        "the executors do not see the files: is the collection on a path every node mounts, given as an "
+        "absolute path?"
+    ),
+    r"\[Errno 13\]|Permission denied": "the executors' user may not read the files: check their permissions",
+    r"No module named|ImportError|ModuleNotFoundError|no (?:pixel data )?handler|plugin": (
+        "a codec is missing on the workers: install the project's dependencies on every node"
+    ),
+}
+"""Failure reasons (regular expressions) that say more about the cluster than about a file, with advice."""
+
+
+def systemic_failure(
+    outcome: Iterable[Mapping[str, object]], minimum: int = 10, share: float = 0.9
+) -> str | None:
+    """Why a run must stop: a collection of at least ``minimum`` decoded files of which ``share`` or more
+    failed with one of :data:`SYSTEMIC_REASONS`; ``None`` when no collection did.
+
+    Args:
+        outcome: :func:`pipelines.ingest.outcomes` rows (``collection``, ``status``, ``reason``).
+    """
+    files: Counter[str] = Counter()
+    failures: Counter[tuple[str, str]] = Counter()
+    examples: dict[tuple[str, str], str] = {}
+    for row in outcome:
+        collection = str(row["collection"])
+        files[collection] += 1
+        if row["status"] != "quarantined":
+            continue
+        reason = str(row.get("reason") or "")
+        for pattern in SYSTEMIC_REASONS:
+            if re.search(pattern, reason):
+                failures[(collection, pattern)] += 1
+                examples.setdefault((collection, pattern), reason)
+                break
+    for (collection, pattern), count in failures.most_common():
+        if files[collection] >= minimum and count >= share * files[collection]:
+            return (
+                f"{count} of {files[collection]} {collection} files failed for one reason, e.g. "
+                f"{examples[(collection, pattern)][:300]!r}: {SYSTEMIC_REASONS[pattern]}. "
+                "Nothing was written."
+            )
+    return None
 
 
 def render_table(collections: Mapping[str, CollectionSummary]) -> str:

@@ -21,6 +21,7 @@ it with a keyed pseudonym before anything is written, and it never leaves the dr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -104,6 +105,22 @@ class Rejection:
     is_image: bool = True
 
 
+NOT_UTF8 = "the file name is not valid UTF-8 (shown with \\x escapes): not read; rename the file"
+
+
+def printable_path(path: str) -> str | None:
+    """``None`` for a path that is valid UTF-8; else the path with its undecodable bytes as ``\\xNN``.
+
+    ``os.walk`` gives such names with surrogate escapes; handed to the JVM they become U+FFFD (the
+    executors then find no such file) or fail to encode at all.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
 @dataclass
 class Scan:
     """The result of scanning one collection root."""
@@ -111,6 +128,25 @@ class Scan:
     records: list[ImageRecord] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     auxiliary: int = 0
+
+    def with_readable_names(self) -> Scan:
+        """This scan with every record whose path is not valid UTF-8 turned into a rejection (its name
+        escaped), and rejections' paths escaped likewise: nothing Spark is handed has such a name, and
+        every file is still accounted for."""
+        records, rejections = [], []
+        for record in self.records:
+            shown = printable_path(record.path)
+            if shown is None:
+                records.append(record)
+            else:
+                rejections.append(Rejection(shown, "scan", NOT_UTF8))
+        for rejection in self.rejections:
+            shown = printable_path(rejection.path)
+            if shown is not None:
+                reason = f"{rejection.reason}; {NOT_UTF8}"
+                rejection = dataclasses.replace(rejection, path=shown, reason=reason)
+            rejections.append(rejection)
+        return Scan(records, rejections, self.auxiliary)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ conversions (same tree, ``.png`` instead of ``.LJPEG``) are read the same way.
 from __future__ import annotations
 
 import re
+import struct
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pipelines.sources.base import (
     Rejection,
     Scan,
 )
-from pipelines.sources.files import decode_raster, read_bytes, walk
+from pipelines.sources.files import check_pixels, decode_raster, read_bytes, walk
 
 NAME = "ddsm"
 MODALITY = "mammography"
@@ -176,6 +177,16 @@ def scan(root: Path) -> Scan:
     return result
 
 
+def ljpeg_frame(stream: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a lossless JPEG's frame header (SOF3), read before decoding (the
+    codec allocates what the header declares); ``None`` when the stream has no frame header."""
+    at = stream.find(b"\xff\xc3")
+    if at < 0 or len(stream) < at + 10:
+        return None
+    height, width = struct.unpack(">HH", stream[at + 5 : at + 9])
+    return height, width, stream[at + 9]
+
+
 def decode(root: Path, record: ImageRecord) -> Decoded:
     import imagecodecs
 
@@ -188,6 +199,11 @@ def decode(root: Path, record: ImageRecord) -> Decoded:
         data, bits = decode_raster(path)  # already scaled to [0, 1]
     else:
         stream = read_bytes(path)
+        check_pixels(declared[0] or 0, declared[1] or 0, what="the .ics file")
+        frame = ljpeg_frame(stream)
+        if frame is None:
+            raise DecodeError("lossless JPEG without a frame header (SOF3): not decoded")
+        check_pixels(frame[0], frame[1], frame[2], "the lossless JPEG frame header")
         try:
             data = imagecodecs.ljpeg_decode(stream)
         except Exception as exc:  # noqa: BLE001 - any codec failure is a property of this file

@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.sources.base import Decoded, DecodeError
+
+_PIXEL_LIMIT = [60_000_000]
+"""The largest image a decoder allocates (``normalise.max_pixels``; set per record by the decode step)."""
+
+
+_PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def set_pixel_limit(pixels: int) -> None:
+    """Set the pixel limit every decoder in this process enforces (:func:`check_pixels`).
+
+    Pillow refuses, as it opens a file, images of more than twice its own limit: that limit is raised
+    with ours, so a configured limit above Pillow's default is honoured.
+    """
+    _PIXEL_LIMIT[0] = int(pixels)
+    Image.MAX_IMAGE_PIXELS = max(_PILLOW_LIMIT, int(pixels))
+
+
+def check_pixels(height: int, width: int, frames: int = 1, what: str = "the header") -> None:
+    """Refuse, before anything is allocated, an image whose header declares more pixels than the limit
+    (a decompression bomb: a few bytes that would decode to gigabytes) or a non-positive size."""
+    if height <= 0 or width <= 0 or frames <= 0:
+        raise DecodeError(f"{what} declares an empty image ({height} x {width} x {frames})")
+    total = height * width * frames
+    if total > _PIXEL_LIMIT[0]:
+        raise DecodeError(
+            f"{what} declares {height} x {width}"
+            + (f" x {frames} frames" if frames > 1 else "")
+            + f" = {total:,} pixels, above the limit of {_PIXEL_LIMIT[0]:,} (normalise.max_pixels): "
+            + "not decoded"
+        )
 
 
 def walk(root: Path) -> list[str]:
@@ -35,27 +67,36 @@ def decode_raster(path: Path) -> tuple[np.ndarray, int]:
     Truncated files raise instead of being padded silently (Pillow's default is to refuse them).
     """
     data = read_bytes(path)
+    maxval = _pgm_maxval(data)
+    if maxval is not None and not 0 < maxval <= 65535:
+        raise DecodeError(f"PGM maxval {maxval} outside 1..65535")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # the header only: nothing decoded yet
+            check_pixels(height, width, getattr(image, "n_frames", 1) or 1)
             image.load()
             mode = image.mode
             array = np.asarray(image)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(
+            f"the header declares a decompression bomb, far above the limit of {_PIXEL_LIMIT[0]:,} pixels "
+            f"(normalise.max_pixels): not decoded ({exc})"
+        ) from None
     except UnidentifiedImageError:
         raise DecodeError("not a readable image: unknown or corrupt format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise DecodeError(f"not a readable image: {exc}") from None
     if mode in {"I;16", "I;16B", "I;16L", "I"}:
         bits = 16
         maximum = float(2**16 - 1)
-        header_max = _pgm_maxval(data)
-        if header_max:
-            maximum, bits = float(header_max), int(np.ceil(np.log2(header_max + 1)))
+        if maxval:
+            maximum, bits = float(maxval), int(np.ceil(np.log2(maxval + 1)))
         return np.clip(array.astype(np.float32) / maximum, 0, 1), bits
     if mode not in {"L", "RGB", "RGBA", "P", "LA"}:
         raise DecodeError(f"unsupported image mode {mode}")
     if mode in {"P", "LA", "RGBA"}:
         array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB" if mode != "LA" else "L"))
-    maximum = float(_pgm_maxval(data) or 255)
+    maximum = float(maxval or 255)
     return array.astype(np.float32) / maximum, 8
 
 
@@ -67,7 +108,10 @@ def _pgm_maxval(data: bytes) -> int | None:
     for line in data[:256].split(b"\n"):
         tokens.extend(line.split(b"#", 1)[0].split())
         if len(tokens) >= 4:
-            return int(tokens[3])
+            try:
+                return int(tokens[3])
+            except ValueError:
+                raise DecodeError(f"PGM header's maxval is not a number: {tokens[3]!r}") from None
     return None
 
 
@@ -81,7 +125,10 @@ def pgm_size(path: Path) -> tuple[int, int] | None:
     for line in head.split(b"\n"):
         tokens.extend(line.split(b"#", 1)[0].split())
         if len(tokens) >= 3:
-            return int(tokens[2]), int(tokens[1])
+            try:
+                return int(tokens[2]), int(tokens[1])
+            except ValueError:  # a corrupt header: the decoder quarantines the file with its reason
+                return None
     return None
 
 
@@ -99,10 +146,18 @@ def decode_dicom(path: Path) -> Decoded:
         raise DecodeError("empty file (0 bytes)")
     try:
         dataset = pydicom.dcmread(path)
+        if "PixelData" not in dataset:
+            raise DecodeError("DICOM without pixel data")
+        check_pixels(
+            int(dataset.get("Rows", 0) or 0),
+            int(dataset.get("Columns", 0) or 0),
+            int(dataset.get("NumberOfFrames", 1) or 1) * int(dataset.get("SamplesPerPixel", 1) or 1),
+            "the DICOM header",
+        )
+    except DecodeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a property of this file
         raise DecodeError(f"not a readable DICOM file: {exc}") from None
-    if "PixelData" not in dataset:
-        raise DecodeError("DICOM without pixel data")
     try:
         stored = dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - truncated data, unsupported transfer syntax
