@@ -144,6 +144,42 @@ def score_images(
     return summary
 
 
+def score_landed(
+    spark: SparkSession,
+    settings: Settings,
+    tasks: Sequence[str],
+    udfs: dict[tuple[str, str], Callable] | None = None,
+    echo: Echo = print,
+) -> ScoreSummary:
+    """Score the landed images that the champion of each task has not scored yet (a stream's micro-batch).
+
+    Only ``landing_images`` / ``landing_tiles`` are read, so a batch costs what it landed, not the
+    collections. A task without a champion is skipped (its reason in ``skipped``); a new champion scores
+    every landed image under its own version, the ones landed before it too.
+
+    Args:
+        udfs: ``(model, version) -> UDF`` kept by the caller across batches, so a long-running stream ships
+            each version's model to the executors once.
+    """
+    summary = ScoreSummary()
+    lake = settings.lakehouse
+    if not table_exists(spark, lake.table("landing_tiles")):
+        return summary
+    pair = (read_table(spark, lake.table("landing_images")), read_table(spark, lake.table("landing_tiles")))
+    sources = scoring.image_sources([pair])
+    if sources is None:
+        return summary
+    use_tracking(settings)
+    for task_name in tasks:
+        try:
+            model = scoring_model(settings, task_name)
+        except (VersionNotFound, VersionIncomplete) as exc:
+            summary.skipped.append(str(exc))
+            continue
+        _score_task(spark, settings, model, TASKS[task_name].modality, sources, False, summary, echo, udfs)
+    return summary
+
+
 def no_champion(settings: Settings, task_name: str) -> str:
     """Why a task has no champion: no version yet, none evaluated yet, or the gate's reason for the latest."""
     from mlflow import MlflowClient
@@ -213,8 +249,13 @@ def _score_task(
     dry_run: bool,
     summary: ScoreSummary,
     echo: Echo,
+    udfs: dict[tuple[str, str], Callable] | None = None,
 ) -> None:
-    """One model version over the images of its modality that it has not scored yet."""
+    """One model version over the images of its modality that it has not scored yet.
+
+    Args:
+        udfs: a cache of the versions' UDFs (see :func:`score_landed`); one is built per call without it.
+    """
     images, tiles = sources
     path = settings.lakehouse.table("predictions")
     predictions = read_table(spark, path) if table_exists(spark, path) else None
@@ -227,7 +268,10 @@ def _score_task(
     echo(f"score: {model.name} v{model.version}: {pending} images to score, {total - pending} already scored")
     if dry_run or pending == 0:
         return
-    udf = tile_udf(spark, f"models:/{model.name}/{model.version}", model.classes)
+    key = (model.name, model.version)
+    udf = (udfs or {}).get(key) or tile_udf(spark, f"models:/{model.name}/{model.version}", model.classes)
+    if udfs is not None:
+        udfs[key] = udf
     partitions = scoring.task_count(spark.sparkContext.defaultParallelism, pending)
     scored = scoring.score_tiles(tiles.join(todo, "image_id", "left_semi"), udf, model, partitions)
     metadata = {
@@ -236,7 +280,8 @@ def _score_task(
         "version": model.version,
         "config": settings.public_dict(),
     }
-    merge_into(spark, scoring.image_predictions(scored, model), path, ["prediction_id"], metadata)
+    predicted = scoring.image_predictions(scored, model)
+    merge_into(spark, predicted, path, ["prediction_id"], metadata, site=f"{model.name}-v{model.version}")
     this_run = scoring.scored_by(read_table(spark, path), model).join(todo, "image_id", "left_semi")
     summary.add_counts(model.name, scoring.label_counts(this_run))
     summary.scored += pending

@@ -21,9 +21,14 @@ from pipelines.summary import CollectionSummary
 
 
 def land_folder(
-    spark: SparkSession, settings: Settings, root: Path | str, modality: str | None, secret: bytes
+    spark: SparkSession,
+    settings: Settings,
+    root: Path | str,
+    modality: str | None,
+    secret: bytes,
+    files: list[str] | None = None,
 ) -> CollectionSummary:
-    """Scan, decode, normalise and tile the landing folder (the land job).
+    """Scan, decode, normalise and tile the landing folder (the land job; a stream's micro-batch).
 
     Args:
         spark: the session.
@@ -31,6 +36,7 @@ def land_folder(
         root: the landing folder; made absolute here, since the executors open its files.
         modality: the modality of images that neither a DICOM tag nor a top folder names.
         secret: the pseudonym key.
+        files: only these paths relative to ``root`` (a stream's micro-batch); every file by default.
 
     Returns:
         The folder's accounting (its label counts stay 0: landed images have none).
@@ -38,7 +44,7 @@ def land_folder(
     root = Path(root).resolve()
     lake = settings.lakehouse
     metadata = {"job": "land", "config": settings.public_dict()}
-    scans = {landing.NAME: landing.scan(root, modality)}
+    scans = {landing.NAME: landing.scan(root, modality, files)}
     summary = ingest.scan_summary(scans[landing.NAME])
     images_path = lake.table("landing_images")
     existing = read_table(spark, images_path) if table_exists(spark, images_path) else None

@@ -21,6 +21,22 @@ def walk(root: Path) -> list[str]:
     return sorted(found)
 
 
+def escape_reason(root: Path, relative: str) -> str | None:
+    """Why the file at ``root/relative`` must not be read, when it is a link out of the drop folder.
+
+    Links are resolved: one whose real path leaves ``root`` (another patient's folder, a system file), a
+    loop, or a dangling link is never opened. ``None`` for a file that may be read.
+    """
+    path = Path(root) / relative
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # a loop (ELOOP; RuntimeError before Python 3.13), a dangling link
+        return f"a link that does not resolve ({type(exc).__name__}): not read"
+    if not real.is_relative_to(Path(root).resolve()):
+        return "a link whose target leaves the drop folder: not read"
+    return None
+
+
 def read_bytes(path: Path) -> bytes:
     """The file's bytes; an empty file is a decode error, not an empty image."""
     data = path.read_bytes()
