@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
         parser.parse_args(argv[:1] or ["--help"])
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    finally:
+        if "pyspark" in sys.modules:  # a job that started Spark: stop it before exiting
+            from jobs.session import stop_spark
+
+            stop_spark()
 
 
 if __name__ == "__main__":

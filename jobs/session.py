@@ -146,3 +146,17 @@ def build_spark(settings: Settings, app: str) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
     return spark
+
+
+def stop_spark() -> None:
+    """Stop the job's session, if it started one, before the process exits.
+
+    Left to the JVM's shutdown hook, a ``local-cluster`` or standalone application's workers shut down
+    under it, and the master relaunches executors on them dozens of times (an ERROR line each) before it
+    gives the application up.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
