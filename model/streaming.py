@@ -178,9 +178,8 @@ class LandingStream:
             self._app_ids[name] = str(query.id)  # the same id whenever this checkpoint restarts
             self.totals[name] = QueryTotals()
             queries.append(query)
-            self.echo(
-                f"stream: {name} watching {folder} (query {query.id}, {'once' if once else 'continuous'})"
-            )
+            mode = "until drained" if once else "continuously"
+            self.echo(f"stream: {name} watching {folder} {mode} (query {query.id})")
         self._started.set()
         return queries
 
@@ -194,8 +193,14 @@ class LandingStream:
         try:
             while any(q.isActive for q in queries):
                 if self._stopping.is_set():
-                    with self._batch_lock:  # the batch in flight commits first; later ones refuse to begin
+                    with self._batch_lock:  # the batch in flight finishes; later ones refuse to begin
                         pass
+                    # ... and its trigger records it in the checkpoint, so the next run does not replay it.
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline and any(
+                        q.isActive and q.status["isTriggerActive"] for q in queries
+                    ):
+                        time.sleep(0.1)
                     for query in queries:
                         query.stop()
                     break

@@ -36,6 +36,7 @@ from model.streaming import FAULT_ENV, IMAGES, REPORTS, LandingStream, relative_
 from model.tracking import use_tracking
 from pipelines.io import current_version, merge_into, read_table, table_exists
 from pipelines.pseudonym import DEMO_SECRET
+from pipelines.sources.files import escape_reason
 from synth import landing as synth_landing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +90,13 @@ def _reports(spark: SparkSession, root: Path, folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     ids = [r["image_id"] for r in read_table(spark, f"{root}/images").orderBy("image_id").limit(3).collect()]
     lines = [
-        {"report_id": f"r{i}", "reporter": "reader-1", "image_id": image, "label": "benign"}
+        {
+            "report_id": f"r{i}",
+            "reporter": "reader-1",
+            "image_id": image,
+            "label": "benign",
+            "reported_at": "2026-06-01T10:00:00Z",
+        }
         for i, image in enumerate(ids)
     ]
     (folder / "reader-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -123,6 +130,21 @@ def test_relative_files_strip_the_uri_and_refuse_a_path_outside(tmp_path: Path) 
         relative_files(str(root), [f"file:{tmp_path.resolve().as_posix()}/elsewhere.png"])
 
 
+def test_links_are_resolved_and_a_loop_or_a_way_out_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "drop"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.png").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_bytes(b"s")
+    os.symlink(root / "a" / "x.png", root / "inside.png")  # a link to a file inside: followed
+    os.symlink(tmp_path / "secret.txt", root / "out.png")
+    os.symlink(root, root / "a" / "loop")  # what Spark lists as a/loop/a/loop/.../x.png
+    os.symlink(root / "gone.png", root / "dangling.png")
+    assert escape_reason(root, "a/x.png") is None and escape_reason(root, "inside.png") is None
+    assert "leaves the drop folder" in (escape_reason(root, "out.png") or "")
+    assert "linked folder (a/loop)" in (escape_reason(root, "a/loop/a/x.png") or "")
+    assert "does not resolve" in (escape_reason(root, "dangling.png") or "")
+
+
 def test_once_lands_scores_and_reads_reports_and_a_rerun_commits_nothing(
     spark: SparkSession, lake: Path, tmp_path: Path
 ) -> None:
@@ -138,6 +160,10 @@ def test_once_lands_scores_and_reads_reports_and_a_rerun_commits_nothing(
     shutil.copy(images / manifest["files"][0], outside)
     (images / "mammography").mkdir(exist_ok=True)
     os.symlink(outside, images / "mammography" / "escape.png")
+    elsewhere = tmp_path / "elsewhere" / "mammography"  # another folder linked in: nothing under it is read
+    elsewhere.mkdir(parents=True)
+    shutil.copy(images / manifest["files"][1], elsewhere / "other.png")
+    os.symlink(elsewhere.parent, images / "linked")
     reports = _reports(spark, root, drop / "reports")
     use_tracking(settings)
 
@@ -145,8 +171,8 @@ def test_once_lands_scores_and_reads_reports_and_a_rerun_commits_nothing(
     stream = LandingStream(spark, settings, DEMO_SECRET, TASK_NAMES, echo=lines.append)
     totals = stream.run(once=True)
     assert totals[IMAGES].new == manifest["images"]
-    # The planted bad files (truncated PNG, a text file, a PNG of no modality) and the link out.
-    assert totals[IMAGES].quarantined == len(manifest["planted"]) + 1
+    # The planted bad files (truncated PNG, a text file, a PNG of no modality) and the two links out.
+    assert totals[IMAGES].quarantined == len(manifest["planted"]) + 2
     assert totals[REPORTS].new == reports and totals[REPORTS].quarantined == 1
 
     lake_path = settings.lakehouse.table
@@ -159,6 +185,7 @@ def test_once_lands_scores_and_reads_reports_and_a_rerun_commits_nothing(
     quarantine = read_table(spark, lake_path("quarantine"))
     reasons = {r["path"]: r["reason"] for r in quarantine.where("collection = 'landing'").collect()}
     assert "leaves the drop folder" in reasons["mammography/escape.png"]
+    assert "linked folder (linked)" in reasons["linked/mammography/other.png"]
     assert ".arriving.png" not in reasons and not any(".arriving" in p for p in reasons)
     broken = quarantine.where("path LIKE '%broken.jsonl%'").collect()
     assert len(broken) == 1 and "line 2" in broken[0]["reason"]
