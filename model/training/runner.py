@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +90,25 @@ class EpochLog:
         self._stop.set()
         self._thread.join()
         self._show()
+
+
+def task_slots(spark: Any) -> int:
+    """How many tasks the cluster runs at once: one training process per slot (``train.num_proc: null``).
+
+    ``defaultParallelism`` is that on a local master, but a cluster backend reports at least 2 whatever
+    its cores: one executor of one core would leave a 2-process barrier stage waiting for a second slot
+    until it gives up. ``local-cluster[N,C,M]`` says its slots (N x C); elsewhere ``spark.executor.cores``
+    x ``spark.executor.instances`` when both are set.
+    """
+    context = spark.sparkContext
+    found = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*\d+\s*\]", context.master)
+    if found:
+        return int(found[1]) * int(found[2])
+    conf = context.getConf()
+    cores, instances = conf.get("spark.executor.cores"), conf.get("spark.executor.instances")
+    if cores and instances:
+        return int(cores) * int(instances)
+    return int(context.defaultParallelism)
 
 
 def minimum_row_groups(num_proc: int) -> int:
@@ -250,7 +270,7 @@ def train_tasks(
         consensus = f"{path}@{current_version(spark, path)}"
         print(f"train: labels: {describe_labels(labels)} ({consensus})", flush=True)
     use_tracking(settings)
-    num_proc = settings.train.num_proc or spark.sparkContext.defaultParallelism
+    num_proc = settings.train.num_proc or task_slots(spark)
     results = []
     for task in chosen:
         own = {c: how for c, how in labels.items() if c in task.collections or c == LANDING}

@@ -28,7 +28,7 @@ from model.data import IGNORE
 from model.registry_evaluation import evaluate_tasks, evaluate_version, external_table
 from model.tracking import use_tracking
 from model.training.common import COSINE_FLOOR, TaskData, TrainPlan, latest_checkpoint, task_data
-from model.training.runner import Refused, fit_task, train_tasks
+from model.training.runner import Refused, fit_task, task_slots, train_tasks
 from model.training.worker import task_batches
 from pipelines.io import current_version, read_table
 from pipelines.pseudonym import DEMO_SECRET
@@ -338,3 +338,12 @@ def test_a_task_trains_with_its_own_values_where_train_per_task_has_them(tmp_pat
         module_settings(
             str(tmp_path / "lake"), tmp_path, "train.per_task={histo_benign_vs_malignant: {seed: 1}}"
         )
+
+
+def test_one_training_process_per_task_slot(spark: SparkSession) -> None:
+    # A cluster backend reports a default parallelism of at least 2: on local-cluster[1,1,M] a 2-process
+    # barrier stage would wait for a slot that never comes (found by benchmarks/scaling.py).
+    assert task_slots(spark) == spark.sparkContext.defaultParallelism  # local[N]: N
+    for master, slots in (("local-cluster[1,1,5120]", 1), ("local-cluster[2, 3, 1024]", 6)):
+        context = SimpleNamespace(master=master, defaultParallelism=2)
+        assert task_slots(SimpleNamespace(sparkContext=context)) == slots
