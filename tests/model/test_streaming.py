@@ -293,11 +293,9 @@ def test_killed_at_every_point_and_restarted_the_invariants_hold(
     drained = _stream([*args, "--once"], None, log)
     assert drained.wait(timeout=420) == 0, log.read_text()[-3000:]
     # The batch the SIGTERM let finish was recorded in the checkpoint: the drain does not replay it.
-    done_before = [
-        int(b) for b in re.findall(r"landing_images batch (\d+):", stopped_run.rsplit("===", 1)[-1])
-    ]
-    drain = log.read_text()[len(stopped_run) :]
-    done_after = [int(b) for b in re.findall(r"landing_images batch (\d+):", drain)]
+    batch_line = re.compile(r"^stream: landing_images batch (\d+):", re.MULTILINE)
+    done_before = [int(b) for b in batch_line.findall(stopped_run.rsplit("\n=== oncolake stream", 1)[-1])]
+    done_after = [int(b) for b in batch_line.findall(log.read_text()[len(stopped_run) :])]
     assert not done_before or not done_after or min(done_after) > max(done_before), (done_before, done_after)
     text = log.read_text()
     for point in ("start of batch 2", "landed of batch 1", "committed of batch 1"):
