@@ -85,13 +85,8 @@ def _session_transaction(spark: SparkSession, txn: tuple[str, int] | None) -> It
     if txn is None:
         yield
         return
-    spark.conf.set(_TXN_APP_ID, txn[0])
-    spark.conf.set(_TXN_VERSION, str(txn[1]))
-    try:
+    with session_conf(spark, {_TXN_APP_ID: txn[0], _TXN_VERSION: str(txn[1])}):
         yield
-    finally:
-        spark.conf.unset(_TXN_APP_ID)
-        spark.conf.unset(_TXN_VERSION)
 
 
 def _with_transaction(writer: Any, txn: tuple[str, int] | None) -> Any:
@@ -133,18 +128,32 @@ def files_holding(spark: SparkSession, path: str, version: int, condition: str) 
 
 
 @contextmanager
+def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[None]:
+    """Set these session settings for the block; each goes back to its previous value (or unset) after."""
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
+
+
+@contextmanager
 def commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) -> Iterator[None]:
+    """Record ``metadata`` (JSON) as the ``userMetadata`` of every Delta commit made in the block."""
     if metadata is None:
         yield
         return
     batch = _BATCH.get()
     if batch is not None:  # a streaming batch's commits say which batch made them
         metadata = {**metadata, "stream": {"app_id": batch.app_id, "batch": batch.version}}
-    spark.conf.set(_USER_METADATA, json.dumps(metadata, sort_keys=True, default=str))
-    try:
+    with session_conf(spark, {_USER_METADATA: json.dumps(metadata, sort_keys=True, default=str)}):
         yield
-    finally:
-        spark.conf.unset(_USER_METADATA)
 
 
 def add_missing_columns(spark: SparkSession, df: DataFrame, path: str) -> None:

@@ -39,6 +39,7 @@ from pipelines.io import (
     current_version,
     hadoop_path,
     read_table,
+    session_conf,
     set_table_properties,
     table_exists,
 )
@@ -196,19 +197,10 @@ def _vacuum(spark: SparkSession, path: str, hours: float) -> int:
             max(1, spark.sparkContext.defaultParallelism)
         ),
     }
-    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in wanted}
-    for key, value in wanted.items():
-        spark.conf.set(key, value)
-    try:
+    with session_conf(spark, wanted):
         doomed = spark.sql(f"VACUUM delta.`{path}` RETAIN {hours:g} HOURS DRY RUN").count()
         if doomed:
             DeltaTable.forPath(spark, path).vacuum(hours)
-    finally:
-        for key, old in previous.items():
-            if old is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, old)
     return doomed
 
 
