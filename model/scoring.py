@@ -160,6 +160,10 @@ def score_landed(
     Args:
         udfs: ``(model, version) -> UDF`` kept by the caller across batches, so a long-running stream ships
             each version's model to the executors once.
+
+    Returns:
+        How many images were scored and the tasks skipped (no per-label counts: a micro-batch does not
+        spend Spark jobs on them).
     """
     summary = ScoreSummary()
     lake = settings.lakehouse
@@ -176,7 +180,8 @@ def score_landed(
         except (VersionNotFound, VersionIncomplete) as exc:
             summary.skipped.append(str(exc))
             continue
-        _score_task(spark, settings, model, TASKS[task_name].modality, sources, False, summary, echo, udfs)
+        modality = TASKS[task_name].modality
+        _score_task(spark, settings, model, modality, sources, False, summary, echo, udfs, counts=False)
     return summary
 
 
@@ -250,11 +255,14 @@ def _score_task(
     summary: ScoreSummary,
     echo: Echo,
     udfs: dict[tuple[str, str], Callable] | None = None,
+    counts: bool = True,
 ) -> None:
     """One model version over the images of its modality that it has not scored yet.
 
     Args:
         udfs: a cache of the versions' UDFs (see :func:`score_landed`); one is built per call without it.
+        counts: also count the images scored before and this run's predictions per label (the score
+            job's table); a stream's micro-batch skips those two Spark jobs per task.
     """
     images, tiles = sources
     path = settings.lakehouse.table("predictions")
@@ -263,9 +271,11 @@ def _score_task(
     # Checkpointed, not cached: the MERGE below invalidates cached plans that read ``predictions``,
     # and recomputing this one after it would find nothing left to score.
     todo = scoring.unscored(candidates, predictions, model).localCheckpoint()
-    total, pending = candidates.count(), todo.count()
-    summary.already_scored += total - pending
-    echo(f"score: {model.name} v{model.version}: {pending} images to score, {total - pending} already scored")
+    pending = todo.count()
+    if counts:
+        done = candidates.count() - pending
+        summary.already_scored += done
+        echo(f"score: {model.name} v{model.version}: {pending} images to score, {done} already scored")
     if dry_run or pending == 0:
         return
     key = (model.name, model.version)
@@ -282,6 +292,7 @@ def _score_task(
     }
     predicted = scoring.image_predictions(scored, model)
     merge_into(spark, predicted, path, ["prediction_id"], metadata, site=f"{model.name}-v{model.version}")
-    this_run = scoring.scored_by(read_table(spark, path), model).join(todo, "image_id", "left_semi")
-    summary.add_counts(model.name, scoring.label_counts(this_run))
+    if counts:
+        this_run = scoring.scored_by(read_table(spark, path), model).join(todo, "image_id", "left_semi")
+        summary.add_counts(model.name, scoring.label_counts(this_run))
     summary.scored += pending

@@ -24,8 +24,9 @@ calls it on SIGTERM or Ctrl-C): the batch in flight finishes and commits before 
 a batch that would start after the request does nothing and is replayed by the next run.
 
 ``ONCOLAKE_STREAM_FAULT=<point>:<n>`` kills the process with SIGKILL at ``point`` of its ``n``-th batch
-(``start``: nothing written; ``landed``: images and tiles committed, predictions not; ``committed``:
-every write committed, the checkpoint not told): the fault tests' injection points.
+(``start``: nothing written; ``landed``: images and tiles committed, predictions not; ``scoring``: the
+first champion's predictions committed, the next one's not; ``committed``: every write committed, the
+checkpoint not told): the fault tests' injection points.
 """
 
 from __future__ import annotations
@@ -257,12 +258,16 @@ class LandingStream:
         landing = self.settings.landing
         landed = land_folder(spark, self.settings, folder, landing.modality, self.secret, files)
         _fault("landed", number)
-        scored = score_landed(spark, self.settings, self.tasks, self._udfs, echo=lambda _: None)
+        scored = 0
+        for index, task_name in enumerate(self.tasks):
+            if index:
+                _fault("scoring", number)  # one champion's predictions committed, the next's not
+            scored += score_landed(spark, self.settings, [task_name], self._udfs, echo=lambda _: None).scored
         return {
             "new": landed.ingested,
             "already_present": landed.already_present,
             "quarantined": landed.quarantined,
-            "scored": scored.scored,
+            "scored": scored,
         }
 
     def _reports(self, spark: SparkSession, folder: str, files: list[str]) -> dict[str, Any]:

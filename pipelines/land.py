@@ -52,7 +52,7 @@ def land_folder(
     decoded = ingest.decode_new(spark, settings, scans, {landing.NAME: str(root)}, existing, secret)
     outcome = ingest.outcomes(decoded)
 
-    ingest.merge_quarantine(spark, settings, scans, decoded, metadata)
+    ingest.merge_quarantine(spark, settings, scans, decoded, metadata, outcome)
     summary.already_present = len(scans[landing.NAME].records) - len(outcome)  # skipped by path
     kept = ingest.new_files(outcome, lambda _: summary, known)
     ingest.merge_images(spark, decoded, kept, None, images_path, metadata)
