@@ -270,6 +270,28 @@ class MaintainSettings(Section):
     target_file_mb: int = Field(ge=1)
 
 
+class LandingSettings(Section):
+    """The drop folders that ``oncolake stream`` watches (docs/landing.md: the contract for devices)."""
+
+    images: LocalPath | None  # devices' images; None: no images query
+    reports: LocalPath | None  # experts' report files; None: no reports query
+    modality: Literal["mammography", "histology"] | None  # images nothing else names the modality of
+    max_files_per_trigger: int = Field(ge=1)
+    trigger_seconds: float = Field(gt=0)
+    # What happens to a consumed file once its batch is committed (Spark's cleanSource): kept in place,
+    # moved under archive_dir (same path below it), or deleted.
+    clean_source: Literal["off", "archive", "delete"]
+    archive_dir: LocalPath | None
+    # The queries' checkpoints: <lakehouse.root>/_checkpoints by default.
+    checkpoints: LocalPath | None
+
+    @model_validator(mode="after")
+    def _archive_needs_a_folder(self) -> LandingSettings:
+        if self.clean_source == "archive" and not self.archive_dir:
+            raise ValueError("landing.archive_dir must be set when landing.clean_source is archive")
+        return self
+
+
 class EvaluateSettings(Section):
     """Calibration, the decision threshold and the figures, fitted and reported as the issue asks."""
 
@@ -306,6 +328,7 @@ class Settings(Section):
     evaluate: EvaluateSettings
     consensus: ConsensusSettings
     maintain: MaintainSettings
+    landing: LandingSettings
     aggregation: AggregationSettings
     # The profile the values came from, recorded with tables and runs; set by the loader.
     profile: str

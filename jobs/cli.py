@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jobs.evaluate", "score models on their test split, write reports, promote champions"),
     "land": ("jobs.land", "land new unlabelled images from a folder, normalised and tiled, ready to score"),
     "score": ("jobs.score", "score new images with the champion models into the predictions table"),
+    "stream": (
+        "jobs.stream",
+        "land, score and read reports from drop folders as they arrive (Structured Streaming, exactly once)",
+    ),
     "maintain": (
         "jobs.maintain",
         "compact the tables (keeping the tiles layout) and VACUUM what no registered model pins",

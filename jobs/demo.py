@@ -3,11 +3,13 @@
     oncolake demo [--full] [--config NAME|FILE] [--set key=value ...]
 
 Runs every stage, in order, each as its own job would run it (same options, same Spark session):
-synth -> ingest -> reports -> consensus -> tile -> train -> evaluate -> score. The crowd's reports
+synth -> ingest -> reports -> consensus -> tile -> train -> evaluate -> score -> stream. The crowd's reports
 (``<synth.out>/reports``) are read and aggregated, and consensus prints each method's accuracy against the
 synthetic truth. It ends with a registered model per task, its
 report under ``<lakehouse.root>/reports/`` and the promotion decision, and the champions' predictions
-for the test split and for a landing folder of new unlabelled images (``<synth.out>/landing``).
+for the test split; then ``oncolake stream --once`` drains the drop folders as a device's feed would
+arrive: the landing folder of new unlabelled images (``<synth.out>/landing``: landed, tiled and scored by
+the champions) and the reports folder (every report already read: nothing is added twice).
 The default size (640 images) finished in 766 s on two cores (2026-12-03, docs/models.md); ``--full``
 uses the 12,000-image corpus with the ``full`` profile unless ``--config`` names another (conf/full.yaml:
 two executor JVMs on ``local-cluster``, two epochs per task).
@@ -36,6 +38,7 @@ STAGES = [
     "jobs.train",
     "jobs.evaluate",
     "jobs.score",
+    "jobs.stream",
 ]
 CROWD_STAGES = {"jobs.reports", "jobs.consensus"}
 """Stages that need the corpus's expert reports (``<synth.out>/reports``, written by synth since the crowd
@@ -58,11 +61,14 @@ def stage_args(stage: str, settings: Settings, full: bool) -> list[str]:
     if stage == "jobs.consensus":
         truth = reports.with_name(f"{REPORTS}.json")
         return ["--truth", str(truth), "--summary-json", f"{summaries}/consensus.json"]
-    landing = ["--landing", f"{settings.synth.out}/landing"] if settings.synth.landing_images else []
+    drops = ["--images", f"{settings.synth.out}/landing"] if settings.synth.landing_images else []
+    if reports.is_dir():
+        drops += ["--reports", str(reports)]
     return {
         "jobs.synth": ["--full"] if full else [],
         "jobs.tile": ["--summary-json", f"{summaries}/tile.json"],
-        "jobs.score": ["--split", "test", *landing, "--summary-json", f"{summaries}/score.json"],
+        "jobs.score": ["--split", "test", "--summary-json", f"{summaries}/score.json"],
+        "jobs.stream": ["--once", *drops, "--summary-json", f"{summaries}/stream.json"],
     }.get(stage, [])
 
 

@@ -12,7 +12,8 @@ version holding ``--alias`` (default ``champion``) or numbered ``--version`` of
 version without them is skipped, with a message). Only images that version has not scored yet are
 scored, MERGEd into the ``predictions`` Delta table keyed by image and model version, so a re-run adds
 nothing. ``--dry-run`` only counts. Exit status 2 when there is nothing to score yet or a landing folder
-cannot be landed. Schedule it with ``deploy/cron/oncolake-score`` or ``deploy/airflow/oncolake_score.py``.
+cannot be landed. Schedule it with ``deploy/cron/oncolake-score`` or ``deploy/airflow/oncolake_score.py``;
+drop folders that devices feed continuously are landed and scored by ``oncolake stream``.
 """
 
 from __future__ import annotations

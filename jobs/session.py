@@ -96,6 +96,10 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         # Parquet row groups of 32 MB rather than 128: a writer buffers one per task, and Petastorm
         # materialises whole row groups of tiles (as float32, ~30x the PNGs) per reader thread.
         "spark.hadoop.parquet.block.size": str(32 * 2**20),
+        # Delta rebuilds a table's state from its log in this many tasks whenever it reads a new version
+        # (50 by default): on a small cluster and a log of a few hundred files each such job was mostly
+        # task overhead, a third of a streaming micro-batch's time on 2 cores. Up to 50, as the shuffles.
+        "spark.databricks.delta.snapshotPartitions": str(min(settings.spark.shuffle_partitions, 50)),
         **_delta_conf(),
     }
     log4j = CONF_DIR / "log4j2.properties"

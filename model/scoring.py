@@ -144,6 +144,47 @@ def score_images(
     return summary
 
 
+def score_landed(
+    spark: SparkSession,
+    settings: Settings,
+    tasks: Sequence[str],
+    udfs: dict[tuple[str, str], Callable] | None = None,
+    echo: Echo = print,
+) -> ScoreSummary:
+    """Score the landed images that the champion of each task has not scored yet (a stream's micro-batch).
+
+    Only ``landing_images`` / ``landing_tiles`` are read, so a batch costs what it landed, not the
+    collections. A task without a champion is skipped (its reason in ``skipped``); a new champion scores
+    every landed image under its own version, the ones landed before it too.
+
+    Args:
+        udfs: ``(model, version) -> UDF`` kept by the caller across batches, so a long-running stream ships
+            each version's model to the executors once.
+
+    Returns:
+        How many images were scored and the tasks skipped (no per-label counts: a micro-batch does not
+        spend Spark jobs on them).
+    """
+    summary = ScoreSummary()
+    lake = settings.lakehouse
+    if not table_exists(spark, lake.table("landing_tiles")):
+        return summary
+    pair = (read_table(spark, lake.table("landing_images")), read_table(spark, lake.table("landing_tiles")))
+    sources = scoring.image_sources([pair])
+    if sources is None:
+        return summary
+    use_tracking(settings)
+    for task_name in tasks:
+        try:
+            model = scoring_model(settings, task_name)
+        except (VersionNotFound, VersionIncomplete) as exc:
+            summary.skipped.append(str(exc))
+            continue
+        modality = TASKS[task_name].modality
+        _score_task(spark, settings, model, modality, sources, False, summary, echo, udfs, counts=False)
+    return summary
+
+
 def no_champion(settings: Settings, task_name: str) -> str:
     """Why a task has no champion: no version yet, none evaluated yet, or the gate's reason for the latest."""
     from mlflow import MlflowClient
@@ -213,8 +254,16 @@ def _score_task(
     dry_run: bool,
     summary: ScoreSummary,
     echo: Echo,
+    udfs: dict[tuple[str, str], Callable] | None = None,
+    counts: bool = True,
 ) -> None:
-    """One model version over the images of its modality that it has not scored yet."""
+    """One model version over the images of its modality that it has not scored yet.
+
+    Args:
+        udfs: a cache of the versions' UDFs (see :func:`score_landed`); one is built per call without it.
+        counts: also count the images scored before and this run's predictions per label (the score
+            job's table); a stream's micro-batch skips those two Spark jobs per task.
+    """
     images, tiles = sources
     path = settings.lakehouse.table("predictions")
     predictions = read_table(spark, path) if table_exists(spark, path) else None
@@ -222,12 +271,17 @@ def _score_task(
     # Checkpointed, not cached: the MERGE below invalidates cached plans that read ``predictions``,
     # and recomputing this one after it would find nothing left to score.
     todo = scoring.unscored(candidates, predictions, model).localCheckpoint()
-    total, pending = candidates.count(), todo.count()
-    summary.already_scored += total - pending
-    echo(f"score: {model.name} v{model.version}: {pending} images to score, {total - pending} already scored")
+    pending = todo.count()
+    if counts:
+        done = candidates.count() - pending
+        summary.already_scored += done
+        echo(f"score: {model.name} v{model.version}: {pending} images to score, {done} already scored")
     if dry_run or pending == 0:
         return
-    udf = tile_udf(spark, f"models:/{model.name}/{model.version}", model.classes)
+    key = (model.name, model.version)
+    udf = (udfs or {}).get(key) or tile_udf(spark, f"models:/{model.name}/{model.version}", model.classes)
+    if udfs is not None:
+        udfs[key] = udf
     partitions = scoring.task_count(spark.sparkContext.defaultParallelism, pending)
     scored = scoring.score_tiles(tiles.join(todo, "image_id", "left_semi"), udf, model, partitions)
     metadata = {
@@ -236,7 +290,9 @@ def _score_task(
         "version": model.version,
         "config": settings.public_dict(),
     }
-    merge_into(spark, scoring.image_predictions(scored, model), path, ["prediction_id"], metadata)
-    this_run = scoring.scored_by(read_table(spark, path), model).join(todo, "image_id", "left_semi")
-    summary.add_counts(model.name, scoring.label_counts(this_run))
+    predicted = scoring.image_predictions(scored, model)
+    merge_into(spark, predicted, path, ["prediction_id"], metadata, site=f"{model.name}-v{model.version}")
+    if counts:
+        this_run = scoring.scored_by(read_table(spark, path), model).join(todo, "image_id", "left_semi")
+        summary.add_counts(model.name, scoring.label_counts(this_run))
     summary.scored += pending

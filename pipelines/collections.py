@@ -139,7 +139,7 @@ def ingest_collections(
         decoded.unpersist()
         raise SystemicFailure(stop)
 
-    ingest.merge_quarantine(spark, settings, scans, decoded, metadata)
+    ingest.merge_quarantine(spark, settings, scans, decoded, metadata, outcome)
     # Annotations before images: the images table is the commit marker; a job killed in between
     # re-decodes those images on the next run and their annotations are found already present.
     append_new(spark, ingest.annotation_rows(decoded), lake.table("annotations"), ["annotation_id"], metadata)

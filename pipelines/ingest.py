@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from conf import Settings
 from core.ids import stable_id, stable_id_sql
 from pipelines.decode import NormaliseOptions, decode_images
-from pipelines.io import append_new
+from pipelines.io import append_new, table_exists
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources import READERS
 from pipelines.sources.base import Rejection, Scan
@@ -288,15 +288,26 @@ def merge_quarantine(
     scans: Mapping[str, Scan],
     decoded: DataFrame,
     metadata: Mapping[str, Any],
+    outcome: list[dict[str, Any]] | None = None,
 ) -> None:
     """Append to the ``quarantine`` table what the scans rejected and the files that failed to decode
-    (rows whose id is new: :func:`pipelines.io.append_new`)."""
+    (rows whose id is new: :func:`pipelines.io.append_new`).
+
+    Args:
+        outcome: :func:`outcomes` of ``decoded``, when the caller has them: with no rejection and no
+            failed file, nothing is written to an existing table (no Spark job, no commit: a stream's
+            clean micro-batch); the table is still created on a first run.
+    """
+    path = settings.lakehouse.table("quarantine")
     rejections = {name: scan.rejections for name, scan in scans.items()}
+    clean = outcome is not None and all(row["status"] != "quarantined" for row in outcome)
+    if clean and not any(rejections.values()) and table_exists(spark, path):
+        return
     quarantine = scan_quarantine_rows(spark, rejections, settings.privacy.hash_source_paths)
     append_new(
         spark,
         quarantine.unionByName(decode_quarantine_rows(decoded)),
-        settings.lakehouse.table("quarantine"),
+        path,
         ["quarantine_id"],
         metadata,
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -26,6 +28,69 @@ TABLE_PROPERTIES: dict[str, str] = {
 }
 
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+_TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+_TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+
+
+class WriteSiteReused(RuntimeError):
+    """Two writes of one batch used the same (app id, version): Delta would skip the second silently."""
+
+
+@dataclass
+class _Batch:
+    app_id: str
+    version: int
+    used: set[str] = field(default_factory=set)
+
+
+_BATCH: ContextVar[_Batch | None] = ContextVar("oncolake_exactly_once_batch", default=None)
+
+
+@contextmanager
+def exactly_once(app_id: str, version: int) -> Iterator[None]:
+    """Make every :func:`append_new` and :func:`merge_into` inside the block an idempotent Delta write.
+
+    Each write commits with Delta's ``SetTransaction`` (``txnAppId`` = ``<app_id>:<table>:<site>``,
+    ``txnVersion`` = ``version``): replaying the block with the same ``version`` (a streaming batch id
+    after a crash) commits nothing where the first attempt committed. ``app_id`` must change whenever
+    versions restart (a new streaming checkpoint restarts batch ids at 0): the stream passes its
+    checkpoint's query id. Two writes of one block to the same table need different ``site`` names;
+    reusing one raises :class:`WriteSiteReused` instead of losing the second write's rows.
+    """
+    token = _BATCH.set(_Batch(app_id, version))
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+def _transaction(path: str, site: str | None) -> tuple[str, int] | None:
+    """The (txnAppId, txnVersion) of a write to ``path`` inside :func:`exactly_once`, else ``None``."""
+    batch = _BATCH.get()
+    if batch is None:
+        return None
+    table = path.rstrip("/").rsplit("/", 1)[-1]
+    app_id = f"{batch.app_id}:{table}:{site or 'rows'}"
+    if app_id in batch.used:
+        raise WriteSiteReused(
+            f"a second write to {table} as site {site or 'rows'!r} in batch {batch.version}"
+        )
+    batch.used.add(app_id)
+    return app_id, batch.version
+
+
+@contextmanager
+def _session_transaction(spark: SparkSession, txn: tuple[str, int] | None) -> Iterator[None]:
+    """Delta reads the idempotent-write pair of a MERGE from the session (writer options cover appends)."""
+    if txn is None:
+        yield
+        return
+    with session_conf(spark, {_TXN_APP_ID: txn[0], _TXN_VERSION: str(txn[1])}):
+        yield
+
+
+def _with_transaction(writer: Any, txn: tuple[str, int] | None) -> Any:
+    return writer if txn is None else writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
@@ -84,6 +149,9 @@ def commit_metadata(spark: SparkSession, metadata: Mapping[str, Any] | None) -> 
     if metadata is None:
         yield
         return
+    batch = _BATCH.get()
+    if batch is not None:  # a streaming batch's commits say which batch made them
+        metadata = {**metadata, "stream": {"app_id": batch.app_id, "batch": batch.version}}
     with session_conf(spark, {_USER_METADATA: json.dumps(metadata, sort_keys=True, default=str)}):
         yield
 
@@ -108,6 +176,7 @@ def merge_into(
     keys: Sequence[str],
     metadata: Mapping[str, Any] | None = None,
     partition_by: Sequence[str] = (),
+    site: str | None = None,
 ) -> None:
     """Insert the rows of ``df`` whose keys are not in the table yet; create the table if needed.
 
@@ -118,10 +187,12 @@ def merge_into(
         keys: columns that identify a row; rows whose keys exist already are left untouched.
         metadata: recorded as the commit's ``userMetadata`` (the producing config, never secrets).
         partition_by: partition columns, used only when the table is created.
+        site: names this write among a batch's writes to the same table (:func:`exactly_once`).
     """
+    txn = _transaction(path, site)
     with commit_metadata(spark, metadata):
         if not table_exists(spark, path):
-            writer = df.write.format("delta").mode("errorifexists")
+            writer = _with_transaction(df.write.format("delta").mode("errorifexists"), txn)
             for key, value in TABLE_PROPERTIES.items():
                 writer = writer.option(key, value)
             if partition_by:
@@ -130,13 +201,14 @@ def merge_into(
             return
         add_missing_columns(spark, df, path)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        (
-            DeltaTable.forPath(spark, path)
-            .alias("t")
-            .merge(df.alias("s"), condition)
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        with _session_transaction(spark, txn):
+            (
+                DeltaTable.forPath(spark, path)
+                .alias("t")
+                .merge(df.alias("s"), condition)
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
 
 
 def hadoop_path(spark: SparkSession, name: str) -> tuple[Any, Any]:
@@ -180,6 +252,7 @@ def append_new(
     metadata: Mapping[str, Any] | None = None,
     layout: Callable[[DataFrame], DataFrame] | None = None,
     properties: Mapping[str, str] | None = None,
+    site: str | None = None,
 ) -> None:
     """Append the rows of ``df`` whose keys are not in the table yet; create the table if needed.
 
@@ -191,12 +264,16 @@ def append_new(
         layout: a repartitioning of the new rows (one file per partition); ``None`` keeps them as they are.
         properties: table properties beyond :data:`TABLE_PROPERTIES`, set when the table is created and
             updated when they differ (e.g. :func:`row_group_properties`).
+        site: names this write among a batch's writes to the same table (:func:`exactly_once`).
     """
+    txn = _transaction(path, site)
     wanted = {**TABLE_PROPERTIES, **(properties or {})}
     with commit_metadata(spark, metadata):
         if not table_exists(spark, path) and not properties:
             # A new table holds no key yet: one write, no anti-join, one commit.
-            writer = (layout(df) if layout else df).write.format("delta").mode("errorifexists")
+            writer = _with_transaction(
+                (layout(df) if layout else df).write.format("delta").mode("errorifexists"), txn
+            )
             for key, value in TABLE_PROPERTIES.items():
                 writer = writer.option(key, value)
             writer.save(path)
@@ -211,4 +288,6 @@ def append_new(
             add_missing_columns(spark, df, path)
         existing = read_table(spark, path).select(*keys)
         new = df.join(existing, list(keys), "left_anti")
-        (layout(new) if layout else new).write.format("delta").mode("append").save(path)
+        _with_transaction((layout(new) if layout else new).write.format("delta").mode("append"), txn).save(
+            path
+        )

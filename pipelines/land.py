@@ -21,9 +21,14 @@ from pipelines.summary import CollectionSummary
 
 
 def land_folder(
-    spark: SparkSession, settings: Settings, root: Path | str, modality: str | None, secret: bytes
+    spark: SparkSession,
+    settings: Settings,
+    root: Path | str,
+    modality: str | None,
+    secret: bytes,
+    files: list[str] | None = None,
 ) -> CollectionSummary:
-    """Scan, decode, normalise and tile the landing folder (the land job).
+    """Scan, decode, normalise and tile the landing folder (the land job; a stream's micro-batch).
 
     Args:
         spark: the session.
@@ -31,6 +36,7 @@ def land_folder(
         root: the landing folder; made absolute here, since the executors open its files.
         modality: the modality of images that neither a DICOM tag nor a top folder names.
         secret: the pseudonym key.
+        files: only these paths relative to ``root`` (a stream's micro-batch); every file by default.
 
     Returns:
         The folder's accounting (its label counts stay 0: landed images have none).
@@ -38,7 +44,7 @@ def land_folder(
     root = Path(root).resolve()
     lake = settings.lakehouse
     metadata = {"job": "land", "config": settings.public_dict()}
-    scans = {landing.NAME: landing.scan(root, modality).with_readable_names()}
+    scans = {landing.NAME: landing.scan(root, modality, files).with_readable_names()}
     summary = ingest.scan_summary(scans[landing.NAME])
     images_path = lake.table("landing_images")
     existing = read_table(spark, images_path) if table_exists(spark, images_path) else None
@@ -46,7 +52,7 @@ def land_folder(
     decoded = ingest.decode_new(spark, settings, scans, {landing.NAME: str(root)}, existing, secret)
     outcome = ingest.outcomes(decoded)
 
-    ingest.merge_quarantine(spark, settings, scans, decoded, metadata)
+    ingest.merge_quarantine(spark, settings, scans, decoded, metadata, outcome)
     summary.already_present = len(scans[landing.NAME].records) - len(outcome)  # skipped by path
     kept = ingest.new_files(outcome, lambda _: summary, known)
     ingest.merge_images(spark, decoded, kept, None, images_path, metadata)

@@ -61,7 +61,7 @@ from pipelines.io import merge_into, read_table, table_exists
 from pipelines.normalise import Transform, transform_geometry
 from pipelines.pseudonym import path_key, pseudonymise
 from pipelines.sources.base import LABELS, Geometry
-from pipelines.sources.files import walk
+from pipelines.sources.files import escape_reason, walk
 from pipelines.summary import CollectionSummary
 
 NAME = "reports"
@@ -470,6 +470,9 @@ def parse_file(
         )
         return [_row(file, None, "file", "unknown", status="quarantined", reason=reason)]
     unit = "task" if fmt == "label_studio" else "line"
+    escape = escape_reason(root, file) if data is None else None
+    if escape is not None:
+        return [_row(file, None, "file", fmt, status="quarantined", reason=escape)]
     try:
         if data is None:
             data = (root / file).read_bytes()
@@ -820,15 +823,17 @@ def existing_report_ids(spark: SparkSession, path: str) -> DataFrame | None:
 
 
 def ingest_reports(
-    spark: SparkSession, settings: Settings, root: Path | str, secret: bytes
+    spark: SparkSession, settings: Settings, root: Path | str, secret: bytes, files: list[str] | None = None
 ) -> CollectionSummary:
-    """Read every file below ``root`` into ``annotations`` (the reports job).
+    """Read every file below ``root`` (or the ``files`` given) into ``annotations`` (the reports job; a
+    stream's micro-batch).
 
     Args:
         spark: the session.
         settings: lakehouse, privacy (``keep_report_text``, ``hash_source_paths``).
         root: the reports folder; made absolute here (executors open its files).
         secret: the pseudonym key (reporters are pseudonymised with it).
+        files: only these paths relative to ``root`` (a stream's micro-batch); every file by default.
 
     Returns:
         The accounting: ``seen`` reports (and files that did not parse, one each) = ``ingested`` +
@@ -837,7 +842,7 @@ def ingest_reports(
     root = Path(root).resolve()
     lake = settings.lakehouse
     metadata = {"job": "reports", "config": settings.public_dict()}
-    files = walk(root)
+    files = walk(root) if files is None else sorted(files)
     summary = CollectionSummary(split_strategy="")
     if not files:
         return summary

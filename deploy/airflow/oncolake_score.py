@@ -1,10 +1,11 @@
-"""Airflow DAG ``oncolake_score``: land new images and score them with the champion models, hourly.
+"""Airflow DAG ``oncolake_score``: score what is new in the lakehouse with the champion models, hourly.
 
-Copy this file into the DAGs folder. Set ``ONCOLAKE_HOME`` (the checkout, set up with ``make setup``)
-and ``ONCOLAKE_LANDING`` (the drop folder) in the workers' environment; ``ONCOLAKE_CONFIG`` picks the
-configuration (``cluster`` for spark-submit on a cluster). ``count`` logs how many images would be
-scored (``--dry-run``), then ``score`` lands and scores them. Runs never overlap (``max_active_runs=1``)
-and every run is incremental, so a failed run is caught up by the next one (no catch-up backfill).
+Devices' drop folders are landed and scored by ``oncolake_stream.py`` (``oncolake stream --once``). Copy
+this file into the DAGs folder. Set ``ONCOLAKE_HOME`` (the checkout, set up with ``make setup``) in the
+workers' environment; ``ONCOLAKE_CONFIG`` picks the configuration (``cluster`` for spark-submit on a
+cluster). ``count`` logs how many images would be scored (``--dry-run``), then ``score`` scores them.
+Runs never overlap (``max_active_runs=1``) and every run is incremental, so a failed run is caught up by
+the next one (no catch-up backfill).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ except ImportError:  # Airflow 2
     from airflow.operators.bash import BashOperator
 
 HOME = os.environ.get("ONCOLAKE_HOME", "/opt/oncolake")
-LANDING = os.environ.get("ONCOLAKE_LANDING", "/data/oncolake/landing")
-SCORE_ARGS = ["--landing", LANDING, "--summary-json", "/var/log/oncolake/score-{{ ds_nodash }}.json"]
+SCORE_ARGS = ["--summary-json", "/var/log/oncolake/score-{{ ds_nodash }}.json"]
 COMMAND = f"cd {HOME} && .venv/bin/oncolake score "
 
 with DAG(

@@ -53,6 +53,28 @@ def walk(root: Path) -> list[str]:
     return sorted(found)
 
 
+def escape_reason(root: Path, relative: str) -> str | None:
+    """Why the file at ``root/relative`` must not be read, when links lead it astray.
+
+    A folder reached through a link is refused (a link loop makes Spark's file source list the same files
+    again under ever longer paths, about 40 levels deep), and so is a file whose real path leaves
+    ``root`` (another patient's folder, a system file), a dangling link or a loop; none is opened. A link
+    to a file inside ``root`` is followed. ``None`` for a file that may be read.
+    """
+    base = Path(root)
+    parts = Path(relative).parts
+    for depth in range(1, len(parts)):
+        if (base.joinpath(*parts[:depth])).is_symlink():
+            return f"reached through a linked folder ({Path(*parts[:depth]).as_posix()}): not read"
+    try:
+        real = (base / relative).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # a loop (ELOOP; RuntimeError before Python 3.13), a dangling link
+        return f"a link that does not resolve ({type(exc).__name__}): not read"
+    if not real.is_relative_to(base.resolve()):
+        return "a link whose target leaves the drop folder: not read"
+    return None
+
+
 def read_bytes(path: Path) -> bytes:
     """The file's bytes; an empty file is a decode error, not an empty image."""
     data = path.read_bytes()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipelines.sources.base import Decoded, DecodeError, ImageRecord, Rejection, Scan
-from pipelines.sources.files import decode_dicom, decode_raster, walk
+from pipelines.sources.files import decode_dicom, decode_raster, escape_reason, walk
 
 NAME = "landing"
 MODALITY = None  # per image: see ImageRecord.modality
@@ -57,18 +57,27 @@ def _dicom_header(path: Path) -> dict[str, str]:
     return {tag: value for tag, value in values.items() if value}
 
 
-def scan(root: Path, modality: str | None = None) -> Scan:
-    """Every file below ``root``: an :class:`ImageRecord` with its modality, or a rejection.
+def scan(root: Path, modality: str | None = None, files: list[str] | None = None) -> Scan:
+    """Every file below ``root`` (or the ``files`` given): an :class:`ImageRecord` with its modality, or a
+    rejection.
 
     Args:
         root: the landing folder.
         modality: the modality of images that neither a DICOM tag nor a top folder names.
+        files: paths relative to ``root`` (a stream's micro-batch); every file below ``root`` by default.
     """
     if modality is not None and modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     result = Scan()
-    for relative in walk(root):
+    for relative in walk(root) if files is None else sorted(files):
         path = Path(root) / relative
+        escape = escape_reason(root, relative)
+        if escape is not None:
+            result.rejections.append(Rejection(relative, "scan", escape))
+            continue
+        if not path.is_file():
+            result.rejections.append(Rejection(relative, "scan", "not a regular file (gone or a folder)"))
+            continue
         dicom = _is_dicom(path) if path.stat().st_size else path.suffix.lower() in DICOM_SUFFIXES
         if not dicom and path.suffix.lower() not in RASTER_SUFFIXES:
             result.rejections.append(

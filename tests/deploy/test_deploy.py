@@ -1,4 +1,5 @@
-"""The shipped schedules (cron line, Airflow DAG) run ``oncolake score`` with options the job accepts."""
+"""The shipped schedules (cron lines, Airflow DAGs) run ``oncolake score`` and ``oncolake stream --once``
+with options the jobs accept."""
 
 from __future__ import annotations
 
@@ -6,36 +7,46 @@ import ast
 import shlex
 from pathlib import Path
 
-from jobs.score import build_parser
+from jobs import score, stream
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def _score_args(command: str) -> list[str]:
-    """The arguments after ``oncolake score`` in a shell command, up to a redirection."""
+def _job_args(command: str, job: str) -> list[str]:
+    """The arguments after ``oncolake <job>`` in a shell command, up to a redirection."""
     words = shlex.split(command)
-    start = next(i for i, w in enumerate(words) if w.endswith("oncolake") and words[i + 1] == "score") + 2
+    start = next(i for i, w in enumerate(words) if w.endswith("oncolake") and words[i + 1] == job) + 2
     end = next((i for i, w in enumerate(words) if i > start and w.startswith(">")), len(words))
     return words[start:end]
 
 
-def test_cron_line_is_well_formed_and_its_options_parse() -> None:
+def _cron_command(name: str) -> tuple[str, str]:
+    """The one cron line of ``deploy/cron/<name>``: its minute field and its command."""
     lines = [
         line
-        for line in (DEPLOY / "cron" / "oncolake-score").read_text().splitlines()
+        for line in (DEPLOY / "cron" / name).read_text().splitlines()
         if line.strip() and not line.startswith("#") and "=" not in line.split()[0]
     ]
     assert len(lines) == 1
-    fields = lines[0].split(None, 6)
-    minute, hour, day, month, weekday, user, command = fields
-    assert minute.isdigit() and int(minute) < 60 and {hour, day, month, weekday} == {"*"} and user
+    minute, hour, day, month, weekday, user, command = lines[0].split(None, 6)
+    assert {hour, day, month, weekday} == {"*"} and user
     assert "flock -n" in command  # overlapping runs are skipped, not stacked
-    args = build_parser().parse_args(_score_args(command))
-    assert args.landing is not None and args.summary_json is not None
+    return minute, command
 
 
-def test_airflow_dag_commands_parse() -> None:
-    tree = ast.parse((DEPLOY / "airflow" / "oncolake_score.py").read_text())
+def test_cron_lines_are_well_formed_and_their_options_parse() -> None:
+    minute, command = _cron_command("oncolake-score")
+    assert minute.isdigit() and int(minute) < 60
+    assert score.build_parser().parse_args(_job_args(command, "score")).summary_json is not None
+    minute, command = _cron_command("oncolake-stream")
+    assert minute.startswith("*/")
+    args = stream.build_parser().parse_args(_job_args(command, "stream"))
+    assert args.once and args.images is not None and args.reports is not None and args.summary_json
+
+
+def _dag(name: str) -> tuple[dict[str, ast.expr], dict[str | None, ast.expr]]:
+    """The module-level assignments of ``deploy/airflow/<name>.py`` and its ``DAG(...)`` keywords."""
+    tree = ast.parse((DEPLOY / "airflow" / f"{name}.py").read_text())
     assigned = {
         target.id: node.value
         for node in ast.walk(tree)
@@ -43,10 +54,23 @@ def test_airflow_dag_commands_parse() -> None:
         for target in node.targets
         if isinstance(target, ast.Name)
     }
-    score_args = [e.value if isinstance(e, ast.Constant) else "X" for e in assigned["SCORE_ARGS"].elts]
-    parser = build_parser()
-    assert parser.parse_args(score_args).landing is not None
-    assert parser.parse_args(["--dry-run"]).dry_run
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DAG"]
     keywords = {k.arg: k.value for k in calls[0].keywords}
-    assert keywords["dag_id"].value == "oncolake_score" and keywords["max_active_runs"].value == 1
+    assert getattr(keywords["dag_id"], "value", None) == name
+    assert getattr(keywords["max_active_runs"], "value", None) == 1
+    return assigned, keywords
+
+
+def _constants(node: ast.expr) -> list[str]:
+    assert isinstance(node, ast.List)
+    return [e.value if isinstance(e, ast.Constant) else "X" for e in node.elts]
+
+
+def test_airflow_dag_commands_parse() -> None:
+    assigned, _ = _dag("oncolake_score")
+    parser = score.build_parser()
+    assert parser.parse_args(_constants(assigned["SCORE_ARGS"])).summary_json is not None
+    assert parser.parse_args(["--dry-run"]).dry_run
+    assigned, _ = _dag("oncolake_stream")
+    args = stream.build_parser().parse_args(_constants(assigned["STREAM_ARGS"]))
+    assert args.once and args.images is not None and args.reports is not None

@@ -1,11 +1,12 @@
 """The end-to-end demo on the ``tiny`` profile, as a user runs it, and the notebooks run against its output.
 
-One demo run (its own process and JVMs: synth -> ingest -> tile -> train with 2 workers ->
-evaluate -> score) in a temporary folder, then checks of what a user is promised at its end: a
-registered model per task with its report and the promotion gate's decision, champions only where the
-gate let them through (else the score job says why it scored nothing for that task), their predictions
-for the test split and the landing folder, and that what it printed is readable: no Python warning from
-a third-party package and under 300 lines in all (the log is kept beside the lakehouse as ``demo.log``).
+One demo run (its own process and JVMs: synth -> ingest -> reports -> consensus -> tile -> train with 2
+workers -> evaluate -> score -> stream --once) in a temporary folder, then checks of what a user is
+promised at its end: a registered model per task with its report and the promotion gate's decision,
+champions only where the gate let them through (else the score job says why it scored nothing for that
+task), their predictions for the test split and, through the stream, the landing folder, and that what
+it printed is readable: no Python warning from a third-party package and under 300 lines in all (the
+log is kept beside the lakehouse as ``demo.log``).
 The notebooks under ``notebooks/`` are then executed top to bottom with nbclient against that lakehouse,
 so they cannot rot; the executed copies are kept in tests/artifacts/notebooks/.
 """
@@ -83,8 +84,11 @@ def test_demo_ends_with_champions_reports_and_predictions(demo: Path, spark) -> 
     lake = settings.lakehouse
     summaries = Path(lake.root) / "_summaries"
     score = json.loads((summaries / "score.json").read_text())
+    stream = json.loads((summaries / "stream.json").read_text())
     landing = json.loads((Path(settings.synth.out) / "landing.json").read_text())
-    assert score["quarantined"] == len(landing["planted"])
+    assert stream["landing_images"]["quarantined"] == len(landing["planted"])
+    assert stream["landing_images"]["new"] == landing["images"]
+    assert stream["landing_reports"]["new"] == 0  # the reports stage read them all before
     printed = (demo.parent / "demo.log").read_bytes().decode(errors="replace")
 
     mlflow.set_tracking_uri(settings.tracking_uri())

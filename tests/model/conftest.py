@@ -1,4 +1,5 @@
-"""The ``mlflow_server`` fixture: a real MLflow server with basic auth on loopback, one registered model.
+"""The ``champions`` fixture (untrained networks registered as champions: scoring mechanics) and the
+``mlflow_server`` fixture: a real MLflow server with basic auth on loopback, one registered model.
 
 Used by tests/model/test_server.py and tests/model/test_registry_browser.py; only a test that asks for
 the fixture pays for a server (one per test module). The server is started from :mod:`model.server`'s
@@ -19,12 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import mlflow
 import pytest
 import requests
+import torch
+from pyspark.sql import SparkSession
 
-from conf import load_settings
+from conf import Settings, load_settings
+from core.aggregation import AggregationRule
+from core.tasks import TASKS
+from model.data import TileInput
+from model.networks import build_network
+from model.registry import model_name
 from model.server import Credentials, server_plan, start, stop, wait_until_ready
 from model.server_rest import product_models, provision_expert, reserve_models
+from model.tracking import CHAMPION, log_tile_model, register
+from pipelines.io import read_table
 
 MODEL = "oncolake-test-model"
 ALIAS = "champion"
@@ -62,6 +73,51 @@ class Server:
     ) -> requests.Response:
         """One REST call (``path`` under /api/2.0/mlflow/) as ``auth``, or anonymously when it is None."""
         return requests.request(method, f"{self.url}/api/2.0/mlflow/{path}", auth=auth, timeout=30, **kwargs)
+
+
+class Champions:
+    """Register real (untrained) networks as tasks' champions, with what training records on a version."""
+
+    RULE: ClassVar[AggregationRule] = AggregationRule()  # a fixed rule (the configured one is "auto")
+
+    @staticmethod
+    def example(spark: SparkSession, settings: Settings) -> list[bytes]:
+        """Two tiles of the lakehouse's tiles table: the input example a logged model records."""
+        tiles = read_table(spark, settings.lakehouse.table("tiles")).select("pixels").limit(2)
+        return list(tiles.toPandas()["pixels"])
+
+    @classmethod
+    def register(
+        cls,
+        settings: Settings,
+        task_name: str,
+        seed: int,
+        example: list[bytes],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Log and register a network as the task's champion; returns its version.
+
+        ``tags`` default to what training records: a threshold and the aggregation rule."""
+        task = TASKS[task_name]
+        torch.manual_seed(seed)
+        net = build_network(settings.train.network, len(task.classes))
+        tile_input = TileInput.from_settings(settings)
+        with mlflow.start_run(run_name=f"score-test-{task_name}"):
+            info = log_tile_model(
+                net.state_dict(), settings.train.network, list(task.classes), 1.0, example, tile_input
+            )
+        name = model_name(settings, task_name)
+        if tags is None:
+            tags = {"threshold": "0.5", "task": task_name, **cls.RULE.tags()}
+        version = register(info.model_uri, name, tags, "scoring test model")
+        mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+        return version
+
+
+@pytest.fixture(scope="session")
+def champions() -> type[Champions]:
+    """:class:`Champions` (tests cannot import this module by name under ``--import-mode=importlib``)."""
+    return Champions
 
 
 def _free_port() -> int:

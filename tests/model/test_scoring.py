@@ -8,25 +8,22 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pydicom.data import get_testdata_file
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from conf import Settings, load_settings
 from core.aggregation import AggregationRule
-from core.tasks import TASKS
 from jobs import score as score_job
-from model.data import TileInput
-from model.networks import build_network
 from model.registry import VersionIncomplete, model_name
 from model.scoring import score_images, scoring_model
-from model.tracking import CHAMPION, log_tile_model, register, use_tracking
+from model.tracking import CHAMPION, use_tracking
 from pipelines.io import current_version, merge_into, read_table
 from pipelines.sources import landing
 from synth import landing as synth_landing
@@ -35,39 +32,13 @@ TASK_NAMES = ("histo_benign_vs_malignant", "mammo_normal_vs_abnormal")
 COLLECTIONS = ("breakhis", "mias")
 
 
-RULE = AggregationRule()  # a fixed rule, as a registered version records one (the configured one is "auto")
-
-
-def _register(
-    settings: Settings, task_name: str, seed: int, example: list[bytes], tags: dict[str, str] | None = None
-) -> str:
-    """A real (untrained) network logged and registered as the task's champion: scoring mechanics only.
-
-    ``tags`` default to what training records: a threshold and the aggregation rule."""
-    task = TASKS[task_name]
-    torch.manual_seed(seed)
-    net = build_network(settings.train.network, len(task.classes))
-    tile_input = TileInput.from_settings(settings)
-    with mlflow.start_run(run_name=f"score-test-{task_name}"):
-        info = log_tile_model(
-            net.state_dict(), settings.train.network, list(task.classes), 1.0, example, tile_input
-        )
-    name = model_name(settings, task_name)
-    if tags is None:
-        tags = {"threshold": "0.5", "task": task_name, **RULE.tags()}
-    version = register(info.model_uri, name, tags, "scoring test model")
-    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
-    return version
-
-
-def _example(spark: SparkSession, settings: Settings) -> list[bytes]:
-    return list(
-        read_table(spark, settings.lakehouse.table("tiles")).select("pixels").limit(2).toPandas()["pixels"]
-    )
+RULE = AggregationRule()  # the rule the registered versions record (tests/model/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def lake(spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def lake(
+    spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPathFactory, champions: Any
+) -> Settings:
     """The session's ingested and tiled BreaKHis and MIAS (one histology and one mammography collection),
     copied into a lakehouse (and MLflow store) of this module's own: the predictions, landing tables and
     registered models these tests count are theirs alone."""
@@ -79,9 +50,9 @@ def lake(spark: SparkSession, tiles: Settings, tmp_path_factory: pytest.TempPath
         )
         merge_into(spark, rows, settings.lakehouse.table(table), [key])
     use_tracking(settings)
-    example = _example(spark, settings)
+    example = champions.example(spark, settings)
     for task_name in TASK_NAMES:
-        _register(settings, task_name, 0, example)
+        champions.register(settings, task_name, 0, example)
     return settings
 
 
@@ -99,7 +70,9 @@ def _score(spark: SparkSession, settings: Settings, **options) -> dict:
     return score_images(spark, settings, TASK_NAMES, **options).as_dict()
 
 
-def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake: Settings, tmp_path) -> None:
+def test_scoring_is_routed_incremental_and_idempotent(
+    spark: SparkSession, lake: Settings, tmp_path, champions: Any
+) -> None:
     images = read_table(spark, lake.lakehouse.table("images"))
     tiled = read_table(spark, lake.lakehouse.table("tiles")).select("image_id").distinct()
     per_modality = {
@@ -130,7 +103,7 @@ def test_scoring_is_routed_incremental_and_idempotent(spark: SparkSession, lake:
     assert current_version(spark, lake.lakehouse.table("predictions")) == version
 
     # A new champion scores everything again under its own version; the old rows stay.
-    new = _register(lake, "histo_benign_vs_malignant", 1, _example(spark, lake))
+    new = champions.register(lake, "histo_benign_vs_malignant", 1, champions.example(spark, lake))
     third = _score(spark, lake)
     assert third["scored"] == per_modality["histology"]
     versions = predictions.where("model = 'oncolake-histo_benign_vs_malignant'").groupBy("version").count()
@@ -159,12 +132,12 @@ def test_udf_probabilities_equal_the_models_own_output(spark: SparkSession, lake
 
 @pytest.mark.parametrize("missing", ["threshold", "aggregation.image_top_k"])
 def test_a_version_without_its_threshold_or_rule_is_skipped_not_scored_with_a_default(
-    spark: SparkSession, lake: Settings, missing: str
+    spark: SparkSession, lake: Settings, missing: str, champions: Any
 ) -> None:
     task_name = "mammo_benign_vs_malignant"  # a model of its own: the other tests' counts stay theirs
     tags = {"threshold": "0.5", "task": task_name, **RULE.tags()}
     del tags[missing]
-    version = _register(lake, task_name, 2, _example(spark, lake), tags)
+    version = champions.register(lake, task_name, 2, champions.example(spark, lake), tags)
     with pytest.raises(VersionIncomplete, match=f"v{version}.*{missing.split('.')[0]}"):
         scoring_model(lake, task_name)
     lines: list[str] = []
