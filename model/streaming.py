@@ -31,6 +31,7 @@ checkpoint not told): the fault tests' injection points.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -102,6 +103,47 @@ def relative_files(root: str, paths: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
+def _log_lines(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines()[1:]  # the first line is the log's version ("v1")
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def source_log_files(checkpoint: str, batch_id: int) -> list[str]:
+    """Every file the query's file source assigned to micro-batch ``batch_id``, from its checkpoint.
+
+    The batch's DataFrame has no row for a 0-byte file (Spark plans no read of an empty file), yet the
+    source records the file as consumed: without this list an empty file dropped by a device would be
+    neither landed nor quarantined. The batch's offsets (``offsets/<id>``) give the range of the source
+    log's entries (``sources/0/<n>``, or a ``<m>.compact`` file holding every entry up to ``m``).
+    Returns ``[]`` for a checkpoint that is not on the local file system (object stores: empty files
+    are then skipped by Spark, as documented in docs/landing.md).
+    """
+    local = Path(checkpoint.removeprefix("file://").removeprefix("file:"))
+    if "://" in checkpoint and not checkpoint.startswith("file:"):
+        return []
+
+    def log_offset(batch: int) -> int:
+        path = local / "offsets" / str(batch)
+        if batch < 0 or not path.exists():
+            return -1
+        return int(json.loads(path.read_text().splitlines()[-1])["logOffset"])
+
+    end, start = log_offset(batch_id), log_offset(batch_id - 1)
+    sources = local / "sources" / "0"
+    found: list[str] = []
+    for entry_batch in range(start + 1, end + 1):
+        plain = sources / str(entry_batch)
+        if plain.exists():
+            entries = _log_lines(plain)
+        else:
+            numbered = ((p.name.split(".")[0], p) for p in sources.glob("*.compact"))
+            compacts = sorted((int(n), p) for n, p in numbered if n.isdigit())
+            holder = next((p for n, p in compacts if n >= entry_batch), None)
+            entries = _log_lines(holder) if holder else []
+        found.extend(e["path"] for e in entries if int(e.get("batchId", -1)) == entry_batch)
+    return found
+
+
 def checkpoint_root(settings: Settings) -> str:
     """Where the queries keep their checkpoints (``landing.checkpoints``, or ``<lakehouse>/_checkpoints``)."""
     return settings.landing.checkpoints or settings.lakehouse.table("_checkpoints")
@@ -168,7 +210,7 @@ class LandingStream:
                 reader.load(folder)
                 .select("path")
                 .writeStream.queryName(name)
-                .option("checkpointLocation", f"{checkpoint_root(self.settings).rstrip('/')}/{name}")
+                .option("checkpointLocation", self._checkpoint(name))
                 .foreachBatch(self._batch_function(name, folder))
             )
             if once:
@@ -221,6 +263,9 @@ class LandingStream:
             self.echo(f"stream: {name}: {totals.line()}")
         return self.totals
 
+    def _checkpoint(self, name: str) -> str:
+        return f"{checkpoint_root(self.settings).rstrip('/')}/{name}"
+
     def _batch_function(self, name: str, folder: str) -> Callable[[DataFrame, int], None]:
         def run_batch(batch: DataFrame, batch_id: int) -> None:
             self._started.wait()
@@ -228,7 +273,10 @@ class LandingStream:
                 if self._stopping.is_set():
                     raise StreamStopping(f"{name} batch {batch_id}: stop requested before it began")
                 started = time.monotonic()
-                files = relative_files(folder, [r["path"] for r in batch.select("path").collect()])
+                listed = {r["path"] for r in batch.select("path").collect()}
+                # Spark plans no read of a 0-byte file, so it has no row; the source's log names it.
+                listed |= set(source_log_files(self._checkpoint(name), batch_id))
+                files = sorted(set(relative_files(folder, listed)))  # file:/x and file:///x alike
                 if not files:
                     return
                 self._batches_here += 1

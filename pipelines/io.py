@@ -9,11 +9,17 @@ configuration as its ``userMetadata``, so ``DESCRIBE HISTORY`` says how each ver
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -30,6 +36,88 @@ TABLE_PROPERTIES: dict[str, str] = {
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+
+
+LOCK_WAIT_SECONDS = 900.0
+"""How long a write waits for another process's write to the same local table before giving up."""
+
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+_HELD: dict[str, int] = {}  # path -> depth of the thread holding it (guarded by that path's RLock)
+
+
+class TableLocked(RuntimeError):
+    """Another process kept writing to the same local table for longer than :data:`LOCK_WAIT_SECONDS`."""
+
+
+def _local_table(path: str) -> Path | None:
+    """The folder of a table on the local file system; ``None`` for an object store or HDFS URI."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    return Path(path.removeprefix("file://").removeprefix("file:")).resolve()
+
+
+@contextmanager
+def table_lock(path: str, wait: float | None = None) -> Iterator[None]:
+    """Hold the write lock of a table on local disk (a ``flock`` on ``_locks/<table>.lock`` beside it).
+
+    Delta's commit is atomic only within one JVM on a local file system: two drivers can both write
+    version N and one commit is lost. Every write of this module takes the lock around its read of the
+    table's keys and its commit, so a second job waits (saying so once) and then sees the first's rows:
+    no duplicates, nothing lost. Threads of one process (a stream's two queries) take it in turn too.
+    Object stores need the LogStore of their own (docs/cluster.md) and take no lock here.
+
+    Raises:
+        TableLocked: still held by another process after ``wait`` seconds (:data:`LOCK_WAIT_SECONDS`).
+    """
+    local = _local_table(path)
+    if local is None:
+        yield
+        return
+    key = str(local)
+    with _THREAD_LOCKS_GUARD:
+        in_process = _THREAD_LOCKS.setdefault(key, threading.RLock())
+    with in_process:
+        if _HELD.get(key):  # this thread holds it already (a maintenance step writing through here)
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        folder = local.parent / "_locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
+        with open(folder / f"{local.name}.lock", "a+") as handle:
+            said = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TableLocked(
+                            f"another job has been writing to the table {local.name} for too long "
+                            f"(lock {folder / local.name}.lock): try again when it has finished"
+                        ) from None
+                    if not said:
+                        print(
+                            f"waiting for another job's write to the table {local.name} to finish",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        said = True
+                    time.sleep(0.2)
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")  # who holds it, for a person looking
+                handle.flush()
+                _HELD[key] = 1
+                yield
+            finally:
+                _HELD[key] = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class WriteSiteReused(RuntimeError):
@@ -190,7 +278,7 @@ def merge_into(
         site: names this write among a batch's writes to the same table (:func:`exactly_once`).
     """
     txn = _transaction(path, site)
-    with commit_metadata(spark, metadata):
+    with table_lock(path), commit_metadata(spark, metadata):
         if not table_exists(spark, path):
             writer = _with_transaction(df.write.format("delta").mode("errorifexists"), txn)
             for key, value in TABLE_PROPERTIES.items():
@@ -268,7 +356,7 @@ def append_new(
     """
     txn = _transaction(path, site)
     wanted = {**TABLE_PROPERTIES, **(properties or {})}
-    with commit_metadata(spark, metadata):
+    with table_lock(path), commit_metadata(spark, metadata):
         if not table_exists(spark, path) and not properties:
             # A new table holds no key yet: one write, no anti-join, one commit.
             writer = _with_transaction(

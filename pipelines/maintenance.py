@@ -42,6 +42,7 @@ from pipelines.io import (
     session_conf,
     set_table_properties,
     table_exists,
+    table_lock,
 )
 from pipelines.tiles import by_layout
 
@@ -223,6 +224,13 @@ def maintain_table(
     Returns:
         What was done, with the figures the job prints.
     """
+    with table_lock(settings.lakehouse.table(name)):  # no job writes to it while it is rewritten
+        return _maintain_table(spark, settings, name, pinned, now)
+
+
+def _maintain_table(
+    spark: SparkSession, settings: Settings, name: str, pinned: int | None, now: datetime | None
+) -> TableMaintenance:
     options = settings.maintain
     path = settings.lakehouse.table(name)
     metadata = {"job": "maintain", "config": settings.public_dict()}

@@ -40,7 +40,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
@@ -60,7 +60,7 @@ from pipelines.ingest import QUARANTINE_SCHEMA
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.normalise import Transform, transform_geometry
 from pipelines.pseudonym import path_key, pseudonymise
-from pipelines.sources.base import LABELS, Geometry
+from pipelines.sources.base import LABELS, NOT_UTF8, Geometry, printable_path
 from pipelines.sources.files import escape_reason, walk
 from pipelines.summary import CollectionSummary
 
@@ -766,14 +766,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def quarantine_rows(built: DataFrame, hash_paths: bool) -> DataFrame:
-    """``quarantine`` rows (collection ``reports``, stage ``report``) for reports and files that failed."""
+def quarantine_rows(built: DataFrame, hash_paths: bool, unreadable: Sequence[str] = ()) -> DataFrame:
+    """``quarantine`` rows (collection ``reports``, stage ``report``) for reports and files that failed,
+    and for the files whose name is not UTF-8 (``unreadable``, escaped names: never read)."""
     path = F.col("file")
     if hash_paths:
         path = F.expr(stable_id_sql(f"'{NAME}'", "file"))
+    failed = built.where(F.col("status") == "quarantined").select(
+        "file", F.coalesce("reason", F.lit("unusable")).alias("reason")
+    )
+    if unreadable:
+        named = built.sparkSession.createDataFrame(
+            [(f, NOT_UTF8) for f in unreadable], "file string, reason string"
+        )
+        failed = failed.unionByName(named)
     return (
-        built.where(F.col("status") == "quarantined")
-        .select(path.alias("path"), F.coalesce("reason", F.lit("unusable")).alias("reason"))
+        failed.select(path.alias("path"), "reason")
         .select(
             F.expr(stable_id_sql(f"'{NAME}'", "path", "'report'", "reason")).alias("quarantine_id"),
             F.lit(NAME).alias("collection"),
@@ -842,9 +850,12 @@ def ingest_reports(
     root = Path(root).resolve()
     lake = settings.lakehouse
     metadata = {"job": "reports", "config": settings.public_dict()}
-    files = walk(root) if files is None else sorted(files)
+    listed = walk(root) if files is None else sorted(files)
     summary = CollectionSummary(split_strategy="")
-    if not files:
+    # A name that is not UTF-8 cannot be handed to the JVM: the file is quarantined by its escaped name.
+    unreadable = sorted(shown for shown in map(printable_path, listed) if shown is not None)
+    files = [f for f in listed if printable_path(f) is None]
+    if not listed:
         return summary
     slots = max(1, min(len(files), 2 * spark.sparkContext.defaultParallelism))
     listing = spark.createDataFrame([(f,) for f in files], "file string").repartition(slots, "file")
@@ -864,15 +875,15 @@ def ingest_reports(
     counts = built.groupBy("status").count().collect()
     by_status = {r["status"]: int(r["count"]) for r in counts}
     labels = {r["label"]: int(r["count"]) for r in new.groupBy("label").count().collect()}
-    summary.seen = sum(by_status.values())
-    summary.quarantined = by_status.get("quarantined", 0)
+    summary.seen = sum(by_status.values()) + len(unreadable)
+    summary.quarantined = by_status.get("quarantined", 0) + len(unreadable)
     summary.ingested = sum(labels.values())
     summary.already_present = by_status.get("ok", 0) - summary.ingested
     summary.labels = {label: labels.get(label, 0) for label in LABELS}
 
     merge_into(
         spark,
-        quarantine_rows(built, settings.privacy.hash_source_paths),
+        quarantine_rows(built, settings.privacy.hash_source_paths, unreadable),
         lake.table("quarantine"),
         ["quarantine_id"],
         metadata,
@@ -882,7 +893,7 @@ def ingest_reports(
     new.unpersist()
     built.unpersist()
     print(
-        f"reports: {len(files)} files, {summary.seen} reports seen: {summary.ingested} new, "
+        f"reports: {len(listed)} files, {summary.seen} reports seen: {summary.ingested} new, "
         f"{summary.already_present} already present, {summary.quarantined} quarantined",
         flush=True,
     )

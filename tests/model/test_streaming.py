@@ -209,6 +209,40 @@ def test_once_lands_scores_and_reads_reports_and_a_rerun_commits_nothing(
     )
 
 
+def test_empty_and_corrupt_files_are_quarantined_and_consumed_files_archived(
+    spark: SparkSession, lake: Path, tmp_path: Path
+) -> None:
+    root = _copy_lake(lake, tmp_path / "lake")
+    drop, archive = tmp_path / "drop", tmp_path / "archive"
+    settings = _settings(
+        root, drop, "landing.reports=null", "landing.clean_source=archive", f"landing.archive_dir={archive}"
+    )
+    manifest = synth_landing.generate(drop / "images", 2, seed=5)
+    mammo = drop / "images" / "mammography"
+    mammo.mkdir(exist_ok=True)
+    (mammo / "empty.png").write_bytes(b"")
+    (mammo / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 8)
+    use_tracking(settings)
+    totals = LandingStream(spark, settings, DEMO_SECRET, TASK_NAMES, echo=lambda _: None).run(once=True)
+    assert totals[IMAGES].new == manifest["images"]
+    assert totals[IMAGES].quarantined == len(manifest["planted"]) + 2
+    quarantine = read_table(spark, settings.lakehouse.table("quarantine")).where("collection = 'landing'")
+    reasons = {r["path"]: r["reason"] for r in quarantine.collect()}
+    assert "empty file" in reasons["mammography/empty.png"]
+    assert "DICOM" in reasons["mammography/broken.dcm"]
+    # Spark archives a batch's files (good or quarantined) when it plans the next batch: the next file
+    # to arrive moves the first batch's out of the drop folder.
+    first = {p.name for p in (drop / "images").rglob("*") if p.is_file()}
+    synth_landing.generate(tmp_path / "later", 1, seed=6)
+    later = next(p for p in (tmp_path / "later").rglob("*.png") if "new-" in p.name)
+    shutil.copy(later, mammo / "later.png")
+    again = LandingStream(spark, settings, DEMO_SECRET, TASK_NAMES, echo=lambda _: None).run(once=True)
+    assert again[IMAGES].files == 1
+    archived = {p.name for p in archive.rglob("*") if p.is_file()}
+    left = {p.name for p in (drop / "images").rglob("*") if p.is_file()}
+    assert first <= archived and not (first & left), (first, archived, left)
+
+
 class Writer(threading.Thread):
     """Drops files into the images folder at a steady rate: written under a hidden name, then renamed."""
 

@@ -26,6 +26,7 @@ from pipelines import ingest
 from pipelines.collections import ingest_collections
 from pipelines.io import read_table
 from pipelines.pseudonym import DEMO_SECRET
+from pipelines.reports import ingest_reports
 from pipelines.sources import ddsm, mias
 from pipelines.sources.base import NOT_UTF8, DecodeError, ImageRecord, Scan, printable_path
 from pipelines.sources.files import decode_dicom, decode_raster, pgm_size, set_pixel_limit
@@ -212,3 +213,20 @@ def test_executors_that_cannot_see_the_files_stop_the_run(
     decoded.unpersist()
     assert len(outcome) == len(scans["mias"].records)
     assert "executors do not see the files" in (systemic_failure(outcome) or "")
+
+
+def test_a_reports_file_whose_name_is_not_utf8_is_quarantined_by_its_escaped_name(
+    spark: SparkSession, settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    line = '{"report_id": "r1", "reporter": "a", "image_id": "0123", "label": "benign"}\n'
+    (folder / "ok.jsonl").write_text(line)
+    with open(os.fsencode(folder) + b"/lecteur-\xe9.jsonl", "wb") as handle:
+        handle.write(line.replace("r1", "r2").encode())
+    lake = settings.lakehouse.model_copy(update={"root": str(tmp_path / "lake")})
+    local = settings.model_copy(update={"lakehouse": lake})
+    summary = ingest_reports(spark, local, folder, DEMO_SECRET)
+    assert summary.seen == summary.ingested + summary.already_present + summary.quarantined == 2
+    quarantine = {r["path"]: r["reason"] for r in read_table(spark, lake.table("quarantine")).collect()}
+    assert quarantine["lecteur-\\xe9.jsonl"] == NOT_UTF8
