@@ -46,30 +46,25 @@ CONFLICT_EXIT = 75
 """The exit status of a job that lost a commit race to another job (EX_TEMPFAIL: run it again)."""
 
 
+DELTA_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentTransactionException",
+    "ConcurrentWriteException",
+    "DeltaConcurrentModificationException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+)
+"""Delta's optimistic-concurrency errors (``delta.exceptions``): another writer committed first."""
+
+
 def concurrent_commit(exc: BaseException) -> str | None:
     """One line for Delta's conflicting-commit errors (another job committed to the same table first),
     instead of a Java stack trace; ``None`` for any other error."""
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    import delta.exceptions
 
-    kinds = (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    kinds = tuple(getattr(delta.exceptions, name) for name in DELTA_CONFLICTS)
     if not isinstance(exc, kinds):
         return None
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -234,7 +234,7 @@ class LandingStream:
         """
         queries = self.start(once)
         try:
-            while any(q.isActive for q in queries):
+            while active := [q for q in queries if q.isActive]:
                 if self._stopping.is_set():
                     with self._batch_lock:  # the batch in flight finishes; later ones refuse to begin
                         pass
@@ -247,7 +247,7 @@ class LandingStream:
                     for query in queries:
                         query.stop()
                     break
-                next(q for q in queries if q.isActive).awaitTermination(1)
+                active[0].awaitTermination(1)  # returns at once if it ended since the check
         except Exception as exc:
             if not self._stopping.is_set():
                 raise StreamFailed(str(exc)) from exc

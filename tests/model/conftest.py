@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +25,7 @@ import pytest
 import requests
 import torch
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from conf import Settings, load_settings
 from core.aggregation import AggregationRule
@@ -34,8 +35,8 @@ from model.networks import build_network
 from model.registry import model_name
 from model.server import Credentials, server_plan, start, stop, wait_until_ready
 from model.server_rest import product_models, provision_expert, reserve_models
-from model.tracking import CHAMPION, log_tile_model, register
-from pipelines.io import read_table
+from model.tracking import CHAMPION, log_tile_model, register, use_tracking
+from pipelines.io import merge_into, read_table
 
 MODEL = "oncolake-test-model"
 ALIAS = "champion"
@@ -112,6 +113,29 @@ class Champions:
         version = register(info.model_uri, name, tags, "scoring test model")
         mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
         return version
+
+    @classmethod
+    def lakehouse(
+        cls,
+        spark: SparkSession,
+        source: Settings,
+        root: Path,
+        collections: Sequence[str],
+        tasks: Sequence[str],
+    ) -> Settings:
+        """A lakehouse of a module's own at ``root`` (``tiny`` profile): the ``collections``' images and
+        tiles copied from ``source``'s, and an untrained champion per task in its MLflow store."""
+        settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
+        for table, key in (("images", "image_id"), ("tiles", "tile_id")):
+            rows = read_table(spark, source.lakehouse.table(table)).where(
+                F.col("collection").isin(list(collections))
+            )
+            merge_into(spark, rows, settings.lakehouse.table(table), [key])
+        use_tracking(settings)
+        example = cls.example(spark, settings)
+        for task_name in tasks:
+            cls.register(settings, task_name, 0, example)
+        return settings
 
 
 @pytest.fixture(scope="session")

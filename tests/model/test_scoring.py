@@ -16,15 +16,14 @@ import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
-from conf import Settings, load_settings
+from conf import Settings
 from core.aggregation import AggregationRule
 from jobs import score as score_job
 from model.registry import VersionIncomplete, model_name
 from model.scoring import score_images, scoring_model
-from model.tracking import CHAMPION, use_tracking
-from pipelines.io import current_version, merge_into, read_table
+from model.tracking import CHAMPION
+from pipelines.io import current_version, read_table
 from pipelines.sources import landing
 from synth import landing as synth_landing
 
@@ -42,17 +41,7 @@ def lake(
     """The session's ingested and tiled BreaKHis and MIAS (one histology and one mammography collection),
     copied into a lakehouse (and MLflow store) of this module's own: the predictions, landing tables and
     registered models these tests count are theirs alone."""
-    root = tmp_path_factory.mktemp("score")
-    settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
-    for table, key in (("images", "image_id"), ("tiles", "tile_id")):
-        rows = read_table(spark, tiles.lakehouse.table(table)).where(
-            F.col("collection").isin(list(COLLECTIONS))
-        )
-        merge_into(spark, rows, settings.lakehouse.table(table), [key])
-    use_tracking(settings)
-    example = champions.example(spark, settings)
-    for task_name in TASK_NAMES:
-        champions.register(settings, task_name, 0, example)
+    settings = champions.lakehouse(spark, tiles, tmp_path_factory.mktemp("score"), COLLECTIONS, TASK_NAMES)
     return settings
 
 

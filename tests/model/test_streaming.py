@@ -29,13 +29,12 @@ from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from conf import Settings, load_settings
 from core.tasks import TASKS
 from model.streaming import FAULT_ENV, IMAGES, REPORTS, LandingStream, relative_files
 from model.tracking import use_tracking
-from pipelines.io import current_version, merge_into, read_table, table_exists
+from pipelines.io import current_version, read_table, table_exists
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.sources.files import escape_reason
 from synth import landing as synth_landing
@@ -52,16 +51,7 @@ def lake(
     """BreaKHis and MIAS images and tiles in a lakehouse of this module's own, with an untrained champion
     per task in its MLflow store."""
     root = tmp_path_factory.mktemp("stream")
-    settings = load_settings("tiny", [f"lakehouse.root={root}", "spark.master=local[2]"])
-    for table, key in (("images", "image_id"), ("tiles", "tile_id")):
-        rows = read_table(spark, tiles.lakehouse.table(table)).where(
-            F.col("collection").isin(list(COLLECTIONS))
-        )
-        merge_into(spark, rows, settings.lakehouse.table(table), [key])
-    use_tracking(settings)
-    example = champions.example(spark, settings)
-    for task_name in TASK_NAMES:
-        champions.register(settings, task_name, 0, example)
+    champions.lakehouse(spark, tiles, root, COLLECTIONS, TASK_NAMES)
     return root
 
 
