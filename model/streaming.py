@@ -46,7 +46,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from conf import Settings
 from model.scoring import score_landed
-from pipelines.io import exactly_once
+from pipelines.io import exactly_once, local_path
 from pipelines.land import land_folder
 from pipelines.reports import ingest_reports
 
@@ -118,8 +118,8 @@ def source_log_files(checkpoint: str, batch_id: int) -> list[str]:
     Returns ``[]`` for a checkpoint that is not on the local file system (object stores: empty files
     are then skipped by Spark, as documented in docs/landing.md).
     """
-    local = Path(checkpoint.removeprefix("file://").removeprefix("file:"))
-    if "://" in checkpoint and not checkpoint.startswith("file:"):
+    local = local_path(checkpoint)
+    if local is None:
         return []
 
     def log_offset(batch: int) -> int:

@@ -94,7 +94,7 @@ class NormaliseOptions:
 
     mammography_height: int
     histology_height: int
-    max_pixels: int = 60_000_000
+    max_pixels: int
 
     @classmethod
     def from_settings(cls, normalise: NormaliseSettings) -> NormaliseOptions:

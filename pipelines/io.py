@@ -50,8 +50,9 @@ class TableLocked(RuntimeError):
     """Another process kept writing to the same local table for longer than :data:`LOCK_WAIT_SECONDS`."""
 
 
-def _local_table(path: str) -> Path | None:
-    """The folder of a table on the local file system; ``None`` for an object store or HDFS URI."""
+def local_path(path: str) -> Path | None:
+    """``path`` (a plain path or a ``file:`` URI) on the local file system, absolute; ``None`` for an object
+    store or HDFS URI."""
     if "://" in path and not path.startswith("file://"):
         return None
     return Path(path.removeprefix("file://").removeprefix("file:")).resolve()
@@ -70,7 +71,7 @@ def table_lock(path: str, wait: float | None = None) -> Iterator[None]:
     Raises:
         TableLocked: still held by another process after ``wait`` seconds (:data:`LOCK_WAIT_SECONDS`).
     """
-    local = _local_table(path)
+    local = local_path(path)
     if local is None:
         yield
         return
