@@ -2,11 +2,13 @@
 
 :func:`load_credentials` reads the admin's and the expert's credentials from the environment and/or a
 ``KEY=VALUE`` file outside the repository (there are no defaults); :func:`server_plan` turns the settings
-into the ``mlflow server --app-name basic-auth`` command line and environment (writing the auth
-configuration, ``default_permission = READ``); :func:`start`, :func:`wait_until_ready` and :func:`stop`
-run that process group; :func:`supervise` runs it in the foreground as ``oncolake mlflow-server`` does:
-start, wait for ``/health``, provision the expert and reserve the product's models
-(:mod:`model.server_rest`), serve until the process exits or SIGINT/SIGTERM arrives, stop every worker.
+into the ``mlflow server --app-name oncolake-auth`` command line and environment (MLflow's basic-auth app
+with an access log, :mod:`model.server_app`; the auth configuration says ``default_permission = READ``;
+stores on SQLite or PostgreSQL); :func:`start`, :func:`wait_until_ready` and :func:`stop` run that process
+group; :func:`supervise` runs it in the foreground as ``oncolake mlflow-server`` does: start, wait for
+``/health``, provision the expert and the trainer, reserve the product's models and experiment and grant the
+trainer EDIT on them (:mod:`model.server_rest`), serve until the process exits or SIGINT/SIGTERM arrives,
+stop every worker.
 """
 
 from __future__ import annotations
@@ -23,17 +25,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
 from conf import Settings
-from model.server_rest import Credentials, ServerError, provision_expert, reserve_models
+from model.server_app import ACCESS_LOG_ENV
+from model.server_rest import (
+    Credentials,
+    ServerError,
+    grant_trainer,
+    provision_expert,
+    provision_trainer,
+    reserve_experiment,
+    reserve_models,
+)
 
 __all__ = [
+    "APP_NAME",
+    "BACKENDS",
     "CREDENTIAL_KEYS",
     "DEFAULT_PERMISSION",
     "ENV_PREFIX",
     "MIN_PASSWORD",
+    "OPTIONAL_KEYS",
     "Credentials",
     "ServerError",
     "ServerPlan",
@@ -48,6 +63,11 @@ __all__ = [
 
 ENV_PREFIX = "ONCOLAKE_MLFLOW_"
 CREDENTIAL_KEYS = ("ADMIN_USER", "ADMIN_PASSWORD", "EXPERT_USER", "EXPERT_PASSWORD")
+# Optional: the training service account (both or neither) and the PostgreSQL password (libpq's PGPASSWORD).
+OPTIONAL_KEYS = ("TRAINER_USER", "TRAINER_PASSWORD", "DATABASE_PASSWORD")
+APP_NAME = "oncolake-auth"  # MLflow's basic-auth app plus the access log (model.server_app)
+BACKENDS = ("sqlite", "postgresql")
+AUTH_CACHE_SECONDS = 30  # see write_auth_config
 MIN_PASSWORD = 12  # mlflow.utils.validation._validate_password refuses shorter ones
 # Permission of every user on experiments and models without an explicit grant (creators get MANAGE).
 DEFAULT_PERMISSION = "READ"
@@ -105,19 +125,37 @@ def load_credentials(path: Path | None = None, environ: Mapping[str, str] | None
     if missing:
         where = f"the environment or {path}" if path else "the environment (or give --credentials FILE)"
         raise ServerError(f"no credentials: set {', '.join(missing)} in {where}")
+    optional = {key: values.get(ENV_PREFIX + key, "") for key in OPTIONAL_KEYS}
+    if bool(optional["TRAINER_USER"]) != bool(optional["TRAINER_PASSWORD"]):
+        raise ServerError(f"set both {ENV_PREFIX}TRAINER_USER and {ENV_PREFIX}TRAINER_PASSWORD, or neither")
     creds = Credentials(
-        found["ADMIN_USER"], found["ADMIN_PASSWORD"], found["EXPERT_USER"], found["EXPERT_PASSWORD"]
+        found["ADMIN_USER"],
+        found["ADMIN_PASSWORD"],
+        found["EXPERT_USER"],
+        found["EXPERT_PASSWORD"],
+        trainer_user=optional["TRAINER_USER"] or None,
+        trainer_password=optional["TRAINER_PASSWORD"],
+        database_password=optional["DATABASE_PASSWORD"],
     )
-    for role, password in (("ADMIN", creds.admin_password), ("EXPERT", creds.expert_password)):
+    passwords = [("ADMIN", creds.admin_password), ("EXPERT", creds.expert_password)]
+    if creds.trainer_user:
+        passwords.append(("TRAINER", creds.trainer_password))
+    for role, password in passwords:
         if len(password) < MIN_PASSWORD:
             raise ServerError(f"{ENV_PREFIX}{role}_PASSWORD must have at least {MIN_PASSWORD} characters")
-    if creds.admin_user == creds.expert_user:
-        raise ServerError("the admin and the expert must be different users")
+    users = [creds.admin_user, creds.expert_user, *([creds.trainer_user] if creds.trainer_user else [])]
+    if len(set(users)) != len(users):
+        raise ServerError("the admin, the expert and the trainer must be different users")
     return creds
 
 
-def write_auth_config(folder: Path, database_uri: str) -> Path:
-    """MLflow's basic-auth configuration; no secret is written, the admin's comes from the environment."""
+def write_auth_config(folder: Path, database_uri: str, cache_seconds: int = AUTH_CACHE_SECONDS) -> Path:
+    """MLflow's basic-auth configuration; no secret is written, the admin's comes from the environment.
+
+    ``cache_seconds`` is MLflow's ``auth_cache_ttl_seconds``: each worker remembers a verified login that
+    long instead of hashing the password again (scrypt, ~130 ms of CPU) on every request; a changed
+    password or a removed user is seen by every worker within that time. 0 turns the cache off.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "basic_auth.ini"
     path.write_text(
@@ -127,12 +165,38 @@ def write_auth_config(folder: Path, database_uri: str) -> Path:
         f"database_uri = {database_uri}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n"
     )
     return path
 
 
 def _local(uri_or_path: str) -> bool:
     return "://" not in uri_or_path
+
+
+def _no_password(uri: str, what: str) -> None:
+    """Refuse a database URI carrying a password: it would show in ``ps`` and in the auth config."""
+    if urlsplit(uri).password is not None:
+        raise ServerError(
+            f"{what} holds a password: leave it out of the URI (it would show in `ps` and on disk) and "
+            f"set {ENV_PREFIX}DATABASE_PASSWORD instead (given to the server as libpq's PGPASSWORD)"
+        )
+
+
+def _postgres_uris(backend_store_uri: str | None, auth_database_uri: str | None) -> tuple[str, str]:
+    """The PostgreSQL store and login database: the login one defaults to ``<database>_auth`` beside it."""
+    if not backend_store_uri or not backend_store_uri.startswith(("postgresql://", "postgresql+")):
+        raise ServerError(
+            "--backend postgresql needs --backend-store-uri postgresql://USER@HOST:PORT/DATABASE "
+            "(the password in " + ENV_PREFIX + "DATABASE_PASSWORD)"
+        )
+    _no_password(backend_store_uri, "--backend-store-uri")
+    if auth_database_uri is None:
+        parts = urlsplit(backend_store_uri)
+        database = parts.path.strip("/") or "mlflow"
+        auth_database_uri = urlunsplit(parts._replace(path=f"/{database}_auth"))
+    _no_password(auth_database_uri, "--auth-database-uri")
+    return backend_store_uri, auth_database_uri
 
 
 def server_plan(
@@ -145,19 +209,31 @@ def server_plan(
     backend_store_uri: str | None = None,
     artifacts_destination: str | None = None,
     auth_database_uri: str | None = None,
+    backend: str = "sqlite",
+    access_log: Path | None = None,
+    auth_cache_seconds: int = AUTH_CACHE_SECONDS,
     environ: Mapping[str, str] | None = None,
 ) -> ServerPlan:
-    """The ``mlflow server --app-name basic-auth`` command line and environment for these settings.
+    """The ``mlflow server --app-name oncolake-auth`` command line and environment for these settings.
 
-    By default the server serves the store the jobs write (``mlflow.tracking_uri``), proxies artifacts
-    from ``<lakehouse.root>/mlartifacts`` and keeps its login database in
-    ``<lakehouse.root>/mlflow-server/auth.db``. Writes the auth configuration file (into the lakehouse,
-    or a temporary folder when the lakehouse is not a local folder) so that the returned plan can be
-    started as it is.
+    By default (``backend="sqlite"``) the server serves the store the jobs write
+    (``mlflow.tracking_uri``), proxies artifacts from ``<lakehouse.root>/mlartifacts`` and keeps its login
+    database in ``<lakehouse.root>/mlflow-server/auth.db``. With ``backend="postgresql"`` both the store
+    (``backend_store_uri``, required) and the login database (default: the same server's
+    ``<database>_auth``) are PostgreSQL databases; URIs carry no password, the database password goes to
+    the server as ``PGPASSWORD``. Every request is logged (user, time, endpoint, status) to ``access_log``
+    (default ``<lakehouse.root>/mlflow-server/access.log``); a verified login is remembered
+    ``auth_cache_seconds`` by each worker (:func:`write_auth_config`). Writes the auth configuration file
+    (into the lakehouse, or a temporary folder when the lakehouse is not a local folder) so that the
+    returned plan can be started as it is.
     """
+    if backend not in BACKENDS:
+        raise ServerError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     root = settings.lakehouse.root
     local = _local(root)
     state = Path(root).resolve() / "mlflow-server" if local else None
+    if backend == "postgresql":
+        backend_store_uri, auth_database_uri = _postgres_uris(backend_store_uri, auth_database_uri)
     if backend_store_uri is None:
         if settings.tracking_uri().startswith(("http://", "https://")):
             raise ServerError(
@@ -173,15 +249,19 @@ def server_plan(
         if state is None:
             raise ServerError(f"lakehouse.root {root} is not a local folder: give --auth-database-uri")
         auth_database_uri = f"sqlite:///{state / 'auth.db'}"
+    for uri, what in ((backend_store_uri, "--backend-store-uri"), (auth_database_uri, "--auth-database-uri")):
+        _no_password(uri, what)
     config_dir = state if state is not None else Path(tempfile.mkdtemp(prefix="oncolake-mlflow-auth-"))
-    auth_config = write_auth_config(config_dir, auth_database_uri)
+    auth_config = write_auth_config(config_dir, auth_database_uri, auth_cache_seconds)
+    if access_log is None and state is not None:
+        access_log = state / "access.log"
     if _local(artifacts_destination):
         Path(artifacts_destination).mkdir(parents=True, exist_ok=True)
     if backend_store_uri.startswith("sqlite:///"):
         Path(backend_store_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
     argv = [
-        *(sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"),
+        *(sys.executable, "-m", "mlflow", "server", "--app-name", APP_NAME),
         *("--backend-store-uri", backend_store_uri),
         *("--serve-artifacts", "--artifacts-destination", artifacts_destination),
         *("--host", host, "--port", str(port), "--workers", str(workers)),
@@ -197,8 +277,13 @@ def server_plan(
     ):
         argv += ["--registry-store-uri", registry]
     environ = os.environ if environ is None else environ
-    # The expert's password stays with this process: the server never needs it.
+    # The expert's and the trainer's passwords stay with this process: the server never needs them.
     env = {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+    if creds.database_password:
+        env["PGPASSWORD"] = creds.database_password
+    if access_log is not None:
+        access_log.parent.mkdir(parents=True, exist_ok=True)
+        env[ACCESS_LOG_ENV] = str(access_log)
     env.update(
         MLFLOW_AUTH_CONFIG_PATH=str(auth_config),
         MLFLOW_AUTH_ADMIN_USERNAME=creds.admin_user,
@@ -257,10 +342,17 @@ def wait_until_ready(url: str, proc: subprocess.Popen[bytes] | None = None, time
         time.sleep(0.5)
 
 
-def supervise(plan: ServerPlan, creds: Credentials, models: list[str], ready_timeout: float = 120) -> int:
+def supervise(
+    plan: ServerPlan,
+    creds: Credentials,
+    models: list[str],
+    ready_timeout: float = 120,
+    experiment: str | None = None,
+) -> int:
     """Run the planned server in the foreground until it exits or SIGINT/SIGTERM stops it; its exit status.
 
-    Once ``/health`` answers, the expert is provisioned and ``models`` are reserved; a failure there stops
+    Once ``/health`` answers, the expert (and the trainer) are provisioned, ``models`` and ``experiment``
+    are reserved and the trainer is granted ``EDIT`` on them (:mod:`model.server_rest`); a failure there stops
     the server (status 1): without the expert's account it fails closed rather than serve half set up.
     A stop asked for by a signal exits 0; otherwise the server's own status is returned.
     """
@@ -276,8 +368,17 @@ def supervise(plan: ServerPlan, creds: Credentials, models: list[str], ready_tim
     try:
         wait_until_ready(plan.url, proc, ready_timeout)
         print(f"mlflow-server: {provision_expert(plan.url, creds)}", flush=True)
+        if trainer := provision_trainer(plan.url, creds):
+            print(f"mlflow-server: {trainer}", flush=True)
         if reserved := reserve_models(plan.url, creds, models):
             print(f"mlflow-server: reserved registered models {', '.join(reserved)}", flush=True)
+        experiment_id = None
+        if experiment is not None:
+            experiment_id, created = reserve_experiment(plan.url, creds, experiment)
+            if created:
+                print(f"mlflow-server: reserved experiment {experiment!r}", flush=True)
+        if granted := grant_trainer(plan.url, creds, models, experiment_id):
+            print(f"mlflow-server: granted {creds.trainer_user!r} EDIT on {', '.join(granted)}", flush=True)
         print(
             f"mlflow-server: serving {plan.url} (auth config {plan.auth_config}); Ctrl-C stops it", flush=True
         )

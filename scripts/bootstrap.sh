@@ -9,7 +9,8 @@
 # - Horovod 0.28.1 built for the pinned torch (scripts/build-horovod.sh), its wheel cached in
 #   ~/.cache/oncolake so a warm machine never rebuilds it;
 # - Java 17, cmake and g++ from Debian's packages when missing and we are root; with --test also
-#   Debian's chromium and chromium-driver (only the registry browser test needs a browser);
+#   Debian's chromium and chromium-driver (only the registry browser test needs a browser) and postgresql
+#   (the multi-user MLflow server test starts a throwaway server);
 # - Delta's jars resolved once from Maven Central into ~/.cache/oncolake (oncolake doctor --spark);
 # - with --test, Label Studio in a virtual environment of its own, .venv-labelstudio (stamped with its pin).
 # A stamp in .venv records a hash of what is installed from: pyproject.toml's dependency lists (runtime,
@@ -50,6 +51,8 @@ want_debian() {  # like need_debian, but a non-root machine only hears about it 
 if [[ -n $for_tests ]]; then
   want_debian chromium chromium                 # headless browser for tests/model/test_registry_browser.py
   want_debian chromedriver chromium-driver
+  # PostgreSQL's server for tests/model/test_server_postgres.py (Debian keeps initdb off PATH).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || want_debian initdb postgresql
 fi
 
 PYTHON=${PYTHON:-$(command -v python3.11 || true)}

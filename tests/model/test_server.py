@@ -51,7 +51,7 @@ def test_plan_is_basic_auth_with_read_default_and_no_secret_on_disk(tmp_path: Pa
     creds = load_credentials(None, FULL_ENV)
     plan = server_plan(settings, creds, port=5123, workers=1, environ={"PATH": "/bin", **FULL_ENV})
     argv = plan.argv
-    assert argv[argv.index("--app-name") + 1] == "basic-auth"
+    assert argv[argv.index("--app-name") + 1] == "oncolake-auth"  # MLflow's basic-auth + the access log
     assert argv[argv.index("--backend-store-uri") + 1] == settings.tracking_uri()  # what the jobs write
     assert argv[argv.index("--artifacts-destination") + 1] == str(tmp_path.resolve() / "mlartifacts")
     assert plan.url == "http://127.0.0.1:5123"
@@ -62,6 +62,37 @@ def test_plan_is_basic_auth_with_read_default_and_no_secret_on_disk(tmp_path: Pa
     assert ADMIN_PASSWORD not in config
     assert plan.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == ADMIN_PASSWORD
     assert EXPERT_PASSWORD not in plan.env.values()  # the server never needs the expert's password
+    assert plan.env["ONCOLAKE_ACCESS_LOG"] == str(tmp_path.resolve() / "mlflow-server" / "access.log")
+    assert "auth_cache_ttl_seconds = 30" in config
+
+
+def test_postgresql_plan_keeps_passwords_out_of_uris_and_argv(tmp_path: Path) -> None:
+    settings = load_settings("tiny", [f"lakehouse.root={tmp_path}"])
+    env = {
+        **FULL_ENV,
+        f"{ENV_PREFIX}TRAINER_USER": "trainer",
+        f"{ENV_PREFIX}TRAINER_PASSWORD": "trainer-pw-0123456789",
+        f"{ENV_PREFIX}DATABASE_PASSWORD": "db-pw-0123456789",
+    }
+    creds = load_credentials(None, env)
+    assert creds.trainer_user == "trainer" and "db-pw" not in repr(creds)
+    uri = "postgresql://mlflow@db.example.org:5432/tracking"
+    plan = server_plan(settings, creds, backend="postgresql", backend_store_uri=uri, environ={"PATH": "/bin"})
+    assert plan.argv[plan.argv.index("--backend-store-uri") + 1] == uri
+    assert (
+        "database_uri = postgresql://mlflow@db.example.org:5432/tracking_auth" in plan.auth_config.read_text()
+    )
+    assert plan.env["PGPASSWORD"] == "db-pw-0123456789"
+    assert not any(secret in " ".join(plan.argv) for secret in ("db-pw", ADMIN_PASSWORD, "trainer-pw"))
+    assert "trainer-pw-0123456789" not in plan.env.values()
+    with pytest.raises(ServerError, match="holds a password"):
+        server_plan(settings, creds, backend="postgresql", backend_store_uri="postgresql://u:pw@h/db")
+    with pytest.raises(ServerError, match="needs --backend-store-uri postgresql://"):
+        server_plan(settings, creds, backend="postgresql")
+    with pytest.raises(ServerError, match="TRAINER_PASSWORD, or neither"):
+        load_credentials(None, {**FULL_ENV, f"{ENV_PREFIX}TRAINER_USER": "trainer"})
+    with pytest.raises(ServerError, match="different users"):
+        load_credentials(None, {**env, f"{ENV_PREFIX}TRAINER_USER": "boss"})
 
 
 # --- a real server ---------------------------------------------------------------------------------------
