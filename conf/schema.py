@@ -16,8 +16,10 @@ directories; URIs (anything with ``://``) are kept as given.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -51,6 +53,12 @@ class Section(BaseModel):
     """Base of every configuration section: immutable, and strict about unknown keys."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# Keys whose values are secrets (Spark's default spark.redaction.regex, plus "credential").
+SECRET_KEY = re.compile(r"(?i)secret|password|token|access[.]key|credential")
+REDACTED = "*********(redacted)"
+HIDDEN_PATH = "<hidden: privacy.hash_source_paths>"
 
 
 class SparkSettings(Section):
@@ -346,5 +354,27 @@ class Settings(Section):
         return f"sqlite:///{Path(self.lakehouse.root).resolve()}/mlflow.db"
 
     def public_dict(self) -> dict[str, Any]:
-        """The settings as plain data, safe to record with a table or an MLflow run (no secrets in it)."""
-        return self.model_dump(mode="json")
+        """The settings as plain data, safe to record with a table or an MLflow run.
+
+        Secrets are redacted: ``spark.conf`` values whose key looks like a credential (Spark's own
+        ``spark.redaction.regex``, plus ``credential``) and a password inside an MLflow URI. With
+        ``privacy.hash_source_paths`` the raw collections' and drop folders' paths are hidden too.
+        """
+        data = self.model_dump(mode="json")
+        data["spark"]["conf"] = {
+            key: REDACTED if SECRET_KEY.search(key) else value for key, value in data["spark"]["conf"].items()
+        }
+        for key in ("tracking_uri", "registry_uri"):
+            uri = data["mlflow"][key]
+            if uri and urlsplit(uri).password is not None:
+                data["mlflow"][key] = uri.replace(f":{urlsplit(uri).password}@", f":{REDACTED}@")
+        if self.privacy.hash_source_paths:
+            for section, keys in (
+                ("sources", ("breakhis", "mias", "ddsm", "cbis_ddsm")),
+                ("synth", ("out",)),
+                ("landing", ("images", "reports", "archive_dir")),
+            ):
+                for key in keys:
+                    if data[section][key] is not None:
+                        data[section][key] = HIDDEN_PATH
+        return data

@@ -28,6 +28,7 @@ from core.codec import encode_png
 from core.phash import perceptual_hash
 from core.quiet import quiet
 from pipelines.normalise import normalise, transform_geometry, transform_mask
+from pipelines.pseudonym import hide_paths
 from pipelines.sources import READERS
 from pipelines.sources.base import DecodeError, Geometry, ImageRecord
 from pipelines.sources.files import set_pixel_limit
@@ -135,6 +136,13 @@ def lesion_mask(
     return fallback
 
 
+def _quarantined(base: dict, stage: str, reason: str) -> dict:
+    """A quarantine row; with ``privacy.hash_source_paths`` (no ``source_path``) the reason names no path."""
+    if base["source_path"] is None:
+        reason = hide_paths(reason)
+    return {**base, "status": "quarantined", "stage": stage, "reason": reason}
+
+
 def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOptions) -> dict:
     """Decode, hash and normalise one image; any failure becomes a quarantine row, never an exception."""
 
@@ -175,10 +183,10 @@ def decode_record(row: Mapping, roots: Mapping[str, str], options: NormaliseOpti
             )
     except (DecodeError, OSError, ValueError) as exc:
         stage = "decode" if isinstance(exc, DecodeError | OSError) else "normalise"
-        return {**base, "status": "quarantined", "stage": stage, "reason": str(exc) or type(exc).__name__}
+        return _quarantined(base, stage, str(exc) or type(exc).__name__)
     except Exception as exc:  # noqa: BLE001 - a library's unforeseen failure on one file stops no job
         reason = f"{type(exc).__name__}: {exc}"[:500]
-        return {**base, "status": "quarantined", "stage": "decode", "reason": f"unexpected failure: {reason}"}
+        return _quarantined(base, "decode", f"unexpected failure: {reason}")
     return {
         **base,
         "status": "ok",

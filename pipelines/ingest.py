@@ -25,7 +25,7 @@ from conf import Settings
 from core.ids import stable_id, stable_id_sql
 from pipelines.decode import NormaliseOptions, decode_images
 from pipelines.io import append_new, table_exists
-from pipelines.pseudonym import path_key, pseudonymise
+from pipelines.pseudonym import hide_paths, path_key, pseudonymise
 from pipelines.sources import READERS
 from pipelines.sources.base import Rejection, Scan
 from pipelines.split import SPLIT_STRATEGY
@@ -206,11 +206,11 @@ def scan_quarantine_rows(
     now = _now()
     rows = [
         (
-            stable_id(collection, r.path, r.stage, r.reason),
+            stable_id(collection, r.path, r.stage, hide_paths(r.reason) if hash_paths else r.reason),
             collection,
             display_path(collection, r.path, hash_paths),
             r.stage,
-            r.reason,
+            hide_paths(r.reason) if hash_paths else r.reason,
             r.is_image,
             now,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import sys
 
 from conf.schema import PrivacySettings
@@ -57,3 +58,19 @@ def path_key(collection: str, path: str) -> str:
     Not keyed: :func:`core.ids.stable_id` of the collection and the path (relative to the collection root).
     """
     return stable_id(collection, path)
+
+
+# What looks like a path or a collection's file name in a message: any token with a slash, or a name with
+# one of the collections' extensions (BreaKHis and DDSM names carry patient and case numbers). Written to
+# mean the same in Python's ``re`` and Java's regex (Spark's ``regexp_replace``).
+PATH_PATTERN = (
+    r"""[^\s'"]*[/\\][^\s'"]*"""
+    r"|[\w.+-]+\.(?i:png|pgm|dcm|dicom|ics|ljpeg|overlay|csv|txt|json|tiff?|jpe?g)\b"
+)
+HIDDEN = "<path>"
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every path or file name replaced by ``<path>`` (``privacy.hash_source_paths``: a
+    quarantine reason or a log line must not give back what the path column hides)."""
+    return re.sub(PATH_PATTERN, HIDDEN, text)

@@ -59,7 +59,7 @@ from pipelines.decode import FINDING_TYPE, object_frame
 from pipelines.ingest import QUARANTINE_SCHEMA
 from pipelines.io import merge_into, read_table, table_exists
 from pipelines.normalise import Transform, transform_geometry
-from pipelines.pseudonym import path_key, pseudonymise
+from pipelines.pseudonym import HIDDEN, PATH_PATTERN, path_key, pseudonymise
 from pipelines.sources.base import LABELS, NOT_UTF8, Geometry, printable_path
 from pipelines.sources.files import escape_reason, walk
 from pipelines.summary import CollectionSummary
@@ -769,9 +769,10 @@ def _now() -> datetime:
 def quarantine_rows(built: DataFrame, hash_paths: bool, unreadable: Sequence[str] = ()) -> DataFrame:
     """``quarantine`` rows (collection ``reports``, stage ``report``) for reports and files that failed,
     and for the files whose name is not UTF-8 (``unreadable``, escaped names: never read)."""
-    path = F.col("file")
+    path, reason = F.col("file"), F.col("reason")
     if hash_paths:
         path = F.expr(stable_id_sql(f"'{NAME}'", "file"))
+        reason = F.regexp_replace("reason", PATH_PATTERN, HIDDEN)
     failed = built.where(F.col("status") == "quarantined").select(
         "file", F.coalesce("reason", F.lit("unusable")).alias("reason")
     )
@@ -781,7 +782,7 @@ def quarantine_rows(built: DataFrame, hash_paths: bool, unreadable: Sequence[str
         )
         failed = failed.unionByName(named)
     return (
-        failed.select(path.alias("path"), "reason")
+        failed.select(path.alias("path"), reason.alias("reason"))
         .select(
             F.expr(stable_id_sql(f"'{NAME}'", "path", "'report'", "reason")).alias("quarantine_id"),
             F.lit(NAME).alias("collection"),

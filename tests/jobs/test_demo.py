@@ -7,6 +7,11 @@ champions only where the gate let them through (else the score job says why it s
 task), their predictions for the test split and, through the stream, the landing folder, and that what
 it printed is readable: no Python warning from a third-party package and under 300 lines in all (the
 log is kept beside the lakehouse as ``demo.log``).
+The demo runs as a privacy-minded site would run it: its own pseudonym secret (a sentinel value),
+``privacy.hash_source_paths`` on, and Spark's event logs written, while every process's arguments are
+sampled; afterwards nothing anywhere (logs, event logs, tables and their metadata, MLflow's store and
+artifacts, process arguments) holds the secret, and no table, quarantine row, commit or MLflow record holds
+a source path or a file name that identifies a case.
 The notebooks under ``notebooks/`` are then executed top to bottom with nbclient against that lakehouse,
 so they cannot rot; the executed copies are kept in tests/artifacts/notebooks/.
 """
@@ -16,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import nbformat
@@ -33,6 +40,14 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # Python's warning lines (``file:line: FutureWarning: message``); the JVM launcher's ``WARNING:`` may stay.
 PYTHON_WARNING = re.compile(r"Warning:|FutureWarning|UserWarning|DeprecationWarning")
 MAX_LINES = 300
+SENTINEL_SECRET = f"sentinel-pseudonym-secret-{secrets.token_hex(8)}"
+PROCESS_ARGS: set[str] = set()  # every command line seen while the demo ran
+
+
+def _sample_process_args(stop: threading.Event) -> None:
+    while not stop.wait(0.3):
+        listed = subprocess.run(["ps", "-eo", "args", "--no-headers"], capture_output=True, text=True)
+        PROCESS_ARGS.update(listed.stdout.splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +59,31 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     root = tmp_path_factory.mktemp("demo")
     config = root / "demo.yaml"
+    events = root / "eventlogs"
+    events.mkdir()
     config.write_text(
         f"extends: tiny\nlakehouse:\n  root: {root / 'lakehouse'}\nsynth:\n  out: {root / 'synthetic'}\n"
+        "privacy:\n  hash_source_paths: true\n"
+        f"spark:\n  conf:\n    spark.eventLog.enabled: 'true'\n    spark.eventLog.dir: file://{events}\n"
     )
     log = root / "demo.log"
-    with log.open("wb") as out:
-        result = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "demo", "--config", str(config)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=1800,
-        )
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_process_args, args=(stop,), daemon=True)
+    sampler.start()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ONCOLAKE_PSEUDONYM_SECRET": SENTINEL_SECRET}
+    try:
+        with log.open("wb") as out:
+            result = subprocess.run(
+                [sys.executable, "-m", "jobs.cli", "demo", "--config", str(config)],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+            )
+    finally:
+        stop.set()
+        sampler.join()
     printed = log.read_bytes().decode(errors="replace")  # read_text would turn "\r" into "\n"
     assert result.returncode == 0, f"demo failed; see {log}\n{printed[-6000:]}"
     assert "demo: done" in printed
@@ -126,6 +153,57 @@ def test_demo_ends_with_champions_reports_and_predictions(demo: Path, spark) -> 
     scored_landed = predictions.join(landed, "image_id", "left_semi").select("image_id").distinct().count()
     routed = sum(landing["modalities"][t] for t in ("mammography", "histology"))
     assert 0 < scored_landed <= routed
+
+
+def test_demo_leaks_no_secret_and_hides_source_paths(demo: Path, spark) -> None:
+    from pipelines.io import read_table
+
+    settings = load_settings(str(demo))
+    root, lake, synthetic = demo.parent, Path(settings.lakehouse.root), Path(settings.synth.out)
+    printed = (root / "demo.log").read_bytes().decode(errors="replace")
+    assert "public demo pseudonym secret" not in printed  # the sentinel was the secret in use
+    event_logs = list((root / "eventlogs").iterdir())
+    assert len(event_logs) >= 5, event_logs  # one per job's Spark application
+    assert any("spark-submit" in a or "SparkSubmit" in a for a in PROCESS_ARGS), "ps saw no Spark process"
+
+    # The secret: nowhere at all, neither in a file the demo wrote (logs, event logs, tables and their
+    # logs, MLflow's database and artifacts, summaries, checkpoints) nor in any process's arguments.
+    sentinel = SENTINEL_SECRET.encode()
+    written = [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(synthetic)]
+    assert len(written) > 100
+    assert [str(p) for p in written if sentinel in p.read_bytes()] == []
+    assert [a for a in PROCESS_ARGS if SENTINEL_SECRET in a] == []
+
+    # Source paths: the corpus's folder and every file name carrying a case or patient number stay out of
+    # every table (quarantine included), every commit's metadata, and MLflow's store and artifacts. Spark's
+    # own files (event logs, streaming checkpoints' source logs) name the files they read, as any Spark
+    # job's do: docs/tables.md says so.
+    names = {p.name for p in synthetic.rglob("*") if p.is_file() and re.search(r"\d{2,}", p.name)}
+    assert len(names) > 50
+    pattern = re.compile(
+        "|".join(re.escape(n) for n in sorted({str(synthetic), *names}, key=len, reverse=True))
+    )
+    leaks: dict[str, list[str]] = {}
+    tables = sorted(p.name for p in lake.iterdir() if (p / "_delta_log").is_dir())
+    assert {"images", "quarantine", "tiles", "predictions", "landing_images"} <= set(tables)
+    for table in tables:
+        frame = read_table(spark, settings.lakehouse.table(table))
+        strings = [
+            f.name
+            for f in frame.schema.fields
+            if f.dataType.simpleString().startswith(("string", "map", "array"))
+        ]
+        text = "\n".join(
+            json.dumps(r.asDict(recursive=True), default=str) for r in frame.select(*strings).collect()
+        )
+        if found := pattern.findall(text):
+            leaks[f"table {table}"] = sorted(set(found))[:5]
+    for path in lake.rglob("*"):
+        if not path.is_file() or path.suffix == ".parquet" or path.is_relative_to(lake / "_checkpoints"):
+            continue
+        if found := pattern.findall(path.read_bytes().decode("latin-1")):
+            leaks[str(path.relative_to(lake))] = sorted(set(found))[:5]
+    assert leaks == {}
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
