@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.maintain",
         "compact the tables (keeping the tiles layout) and VACUUM what no registered model pins",
     ),
+    "erase": (
+        "jobs.erase",
+        "erase patients (by pseudonym) from every table; record it and flag the models trained on them",
+    ),
     "mlflow-server": ("jobs.mlflow_server", "serve runs and the registry behind a login (MLflow basic auth)"),
     "doctor": ("jobs.doctor", "check the installed stack (Java, Spark, Delta, Horovod, MLflow)"),
     "package": ("jobs.package", "build the code archive and packed environment for a cluster"),
@@ -92,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(argv[1:]) or 0)
     except Exception as exc:
+        from pipelines.keycheck import SecretChanged
+
+        if isinstance(exc, SecretChanged):
+            print(f"oncolake {argv[0]}: refused: {exc}", file=sys.stderr)
+            return 2
         conflict = concurrent_commit(exc)
         if conflict is None:
             raise

@@ -22,7 +22,9 @@ from pyspark.sql import functions as F
 
 from conf import ConfigError, Settings, absolute_path
 from pipelines import ingest
+from pipelines.erasure import skip_erased
 from pipelines.io import append_new, read_table, table_exists
+from pipelines.keycheck import verify_secret
 from pipelines.links import HashedImage, find_links
 from pipelines.sources import SOURCES
 from pipelines.sources.base import Scan
@@ -124,10 +126,16 @@ def ingest_collections(
             files' own (:func:`pipelines.summary.systemic_failure`); nothing is written then.
     """
     roots = absolute(roots)
+    verify_secret(spark, settings, secret)
     lake = settings.lakehouse
     metadata = {"job": "ingest", "config": settings.public_dict(), "sources": sorted(roots)}
     scans = {name: _scan(name, root) for name, root in roots.items()}
     summaries = {name: ingest.scan_summary(scan) for name, scan in scans.items()}
+    scans, erased = skip_erased(spark, settings, scans, secret)
+    for name, count in erased.items():
+        summaries[name].erased = count
+        if count:
+            print(f"ingest: {name}: {count} files of erased patients skipped (not read)", flush=True)
 
     images_path = lake.table("images")
     existing_images = read_table(spark, images_path) if table_exists(spark, images_path) else None

@@ -300,6 +300,23 @@ def merge_into(
             )
 
 
+def delete_where(
+    spark: SparkSession, path: str, condition: str, metadata: Mapping[str, Any] | None = None
+) -> tuple[int, int, int]:
+    """Delete the table's rows matching ``condition`` in one commit (none when no row matches).
+
+    Deletion vectors are off (:data:`TABLE_PROPERTIES`), so the files holding those rows are rewritten
+    without them: the rows are gone from the current version's files, and from disk once VACUUM removes
+    the old files. Returns ``(rows deleted, version before, version after)``.
+    """
+    with table_lock(path), commit_metadata(spark, metadata):
+        before = current_version(spark, path)
+        rows = read_table(spark, path).where(condition).count()
+        if rows:
+            DeltaTable.forPath(spark, path).delete(condition)
+        return rows, before, current_version(spark, path)
+
+
 def hadoop_path(spark: SparkSession, name: str) -> tuple[Any, Any]:
     """The Hadoop ``FileSystem`` and ``Path`` (JVM objects) of ``name``: any URI the session can read."""
     jvm: Any = spark.sparkContext._jvm

@@ -15,7 +15,9 @@ from pyspark.sql import SparkSession
 
 from conf import Settings
 from pipelines import ingest, tiles
+from pipelines.erasure import skip_erased
 from pipelines.io import read_table, table_exists
+from pipelines.keycheck import verify_secret
 from pipelines.sources import landing
 from pipelines.summary import CollectionSummary
 
@@ -42,10 +44,13 @@ def land_folder(
         The folder's accounting (its label counts stay 0: landed images have none).
     """
     root = Path(root).resolve()
+    verify_secret(spark, settings, secret)
     lake = settings.lakehouse
     metadata = {"job": "land", "config": settings.public_dict()}
     scans = {landing.NAME: landing.scan(root, modality, files).with_readable_names()}
     summary = ingest.scan_summary(scans[landing.NAME])
+    scans, erased = skip_erased(spark, settings, scans, secret)
+    summary.erased = erased[landing.NAME]
     images_path = lake.table("landing_images")
     existing = read_table(spark, images_path) if table_exists(spark, images_path) else None
     known = {r["image_id"] for r in existing.select("image_id").collect()} if existing is not None else set()

@@ -58,6 +58,7 @@ from core.quiet import quiet
 from pipelines.decode import FINDING_TYPE, object_frame
 from pipelines.ingest import QUARANTINE_SCHEMA
 from pipelines.io import merge_into, read_table, table_exists
+from pipelines.keycheck import verify_secret
 from pipelines.normalise import Transform, transform_geometry
 from pipelines.pseudonym import HIDDEN, PATH_PATTERN, path_key, pseudonymise
 from pipelines.sources.base import LABELS, NOT_UTF8, Geometry, printable_path
@@ -849,6 +850,7 @@ def ingest_reports(
         ``already_present`` + ``quarantined``; ``labels`` counts this run's new reports.
     """
     root = Path(root).resolve()
+    verify_secret(spark, settings, secret)
     lake = settings.lakehouse
     metadata = {"job": "reports", "config": settings.public_dict()}
     listed = walk(root) if files is None else sorted(files)

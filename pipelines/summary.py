@@ -15,12 +15,14 @@ from pipelines.sources.base import LABELS
 
 @dataclass
 class CollectionSummary:
-    """One collection's counts for one run; ``seen == ingested + already_present + quarantined``."""
+    """One collection's counts for one run; ``seen == ingested + already_present + quarantined + erased``."""
 
     seen: int = 0
     ingested: int = 0
     already_present: int = 0
     quarantined: int = 0
+    erased: int = 0
+    """Files of patients the ``erasures`` table names: not read (pipelines.erasure.skip_erased)."""
     auxiliary: int = 0
     rejected_rows: int = 0
     labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
@@ -31,7 +33,7 @@ class CollectionSummary:
     ``test`` with their group (the same patient's test-set image, or a linked re-release)."""
 
     def balanced(self) -> bool:
-        return self.seen == self.ingested + self.already_present + self.quarantined
+        return self.seen == self.ingested + self.already_present + self.quarantined + self.erased
 
 
 def count_outcome(summary: CollectionSummary, status: str, image_id: str | None, known: set[str]) -> bool:
@@ -107,6 +109,8 @@ def systemic_failure(
 def render_table(collections: Mapping[str, CollectionSummary]) -> str:
     """A fixed-width table of the summary, one line per collection and a total."""
     columns = ["seen", "ingested", "already_present", "quarantined", "auxiliary", "rejected_rows"]
+    if any(summary.erased for summary in collections.values()):
+        columns.insert(4, "erased")
     header = (
         f"{'collection':12}" + "".join(f"{c:>17}" for c in columns) + "".join(f"{lb:>11}" for lb in LABELS)
     )
