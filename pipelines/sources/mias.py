@@ -56,7 +56,11 @@ def _parse_rows(text: str) -> tuple[Rows, dict[str, list[str]], list[str]]:
         stripped = line.strip()
         match = _ROW.match(stripped)
         if not match:
-            if stripped.lower().startswith("mdb"):
+            parts = stripped.split()
+            # A row whose reference is not mdbNNN (``../x``, an absolute path, a typo) is quarantined and
+            # never looked up as a file; prose lines (the header) have no tissue and class columns.
+            row_like = len(parts) >= 3 and parts[1].upper() in BACKGROUND and parts[2].upper() in CLASSES
+            if stripped.lower().startswith("mdb") or row_like:
                 unreadable.append(stripped)
             continue  # prose header
         ref, background, cls, rest = match[1].lower(), match[2].upper(), match[3].upper(), (match[4] or "")
