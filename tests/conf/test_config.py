@@ -177,3 +177,21 @@ def test_home_is_expanded_and_uris_are_kept(monkeypatch: pytest.MonkeyPatch, tmp
     remote = load_settings("cluster", ["synth.out=s3a://bucket/synthetic"])
     assert remote.lakehouse.root == "s3a://oncolake-lakehouse/prod"
     assert remote.synth.out == "s3a://bucket/synthetic"
+
+
+def test_recorded_settings_redact_secrets_and_hide_source_paths(tmp_path: Path) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        "extends: tiny\n"
+        "spark:\n  conf:\n    spark.hadoop.fs.s3a.secret.key: s3-secret-value\n"
+        "    spark.executor.cores: '2'\n"
+        "mlflow:\n  tracking_uri: https://trainer:mlflow-password@mlflow.example.org\n"
+        f"sources:\n  mias: {tmp_path}\n"
+    )
+    recorded = load_settings(str(config)).public_dict()
+    text = repr(recorded)
+    assert "s3-secret-value" not in text and "mlflow-password" not in text
+    assert recorded["spark"]["conf"]["spark.executor.cores"] == "2"
+    assert recorded["sources"]["mias"] == str(tmp_path)  # visible unless privacy.hash_source_paths
+    hidden = load_settings(str(config), ["privacy.hash_source_paths=true"]).public_dict()
+    assert str(tmp_path) not in repr({k: hidden[k] for k in ("sources", "synth", "landing")})

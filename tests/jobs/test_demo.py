@@ -162,8 +162,8 @@ def test_demo_leaks_no_secret_and_hides_source_paths(demo: Path, spark) -> None:
     root, lake, synthetic = demo.parent, Path(settings.lakehouse.root), Path(settings.synth.out)
     printed = (root / "demo.log").read_bytes().decode(errors="replace")
     assert "public demo pseudonym secret" not in printed  # the sentinel was the secret in use
-    event_logs = list((root / "eventlogs").iterdir())
-    assert len(event_logs) >= 5, event_logs  # one per job's Spark application
+    event_logs = [p for p in (root / "eventlogs").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in event_logs) > 100_000, event_logs  # the stages' Spark application
     assert any("spark-submit" in a or "SparkSubmit" in a for a in PROCESS_ARGS), "ps saw no Spark process"
 
     # The secret: nowhere at all, neither in a file the demo wrote (logs, event logs, tables and their
