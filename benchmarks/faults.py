@@ -321,9 +321,9 @@ def plant_cbis(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
     ds.save_as(path)
     faults.append(Fault("DICOM without pixel data", rel(path, root), "quarantined"))
     path = files[11]
-    ds = pydicom.dcmread(path)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.999"
-    ds.save_as(path, enforce_file_format=False)
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID).encode()
+    unknown = (b"1.2.3." + b"9" * len(uid))[: len(uid)]  # same length: the meta group's lengths hold
+    path.write_bytes(path.read_bytes().replace(uid, unknown, 1))
     faults.append(Fault("DICOM with an unknown transfer syntax", rel(path, root), "quarantined"))
 
     # CSV faults, each on a row of its own.
@@ -447,6 +447,19 @@ def plant_reports(root: Path, canary: Path, rng: random.Random, planted: set[str
         + "\n"
     )
     faults.append(Fault("reports naming ../, absolute and absent images", "escape.jsonl", "accounted"))
+    lines = jsonls[7].read_text().splitlines()
+    first = json.loads(lines[0])
+    odd = [
+        {**first, "report_id": "odd-1", "label": "maybe"},
+        {**first, "report_id": "odd-2", "marks": [{"kind": "circle", "x": -5e9, "y": 1e12, "radius": -3}]},
+        {**first, "report_id": "odd-3", "reported_at": "yesterday", "birads": "NA"},
+    ]
+    jsonls[7].write_text("\ufeff" + "\n".join([*lines, *(json.dumps(o) for o in odd)]) + "\n")
+    faults.append(Fault("JSON Lines with a BOM", rel(jsonls[7], root), "ingested"))
+    faults.append(Fault("unknown label; marks far outside the image; bad time and NA", rel(jsonls[7], root), "accounted"))
+    export = root / "label-studio-export.json"
+    export.write_text('[{"id": 1, "annotations": [{"result": [')
+    faults.append(Fault("a Label Studio export cut short", rel(export, root), "quarantined"))
     faults.append(Fault("name not UTF-8", not_utf8(root, jsonls[4]), "quarantined"))
     unreadable(jsonls[5])
     faults.append(Fault("unreadable (mode 000)", rel(jsonls[5], root), "quarantined"))
