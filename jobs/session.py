@@ -13,15 +13,20 @@ show Spark's own console progress bar (``spark.ui.showConsoleProgress``) when st
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from conf import CONF_DIR, Settings
+from conf.schema import SECRET_KEY
 from core.quiet import QUIET_ENV, quiet
 
 quiet()
@@ -144,12 +149,51 @@ def build_spark(settings: Settings, app: str) -> SparkSession:
         SparkContext._ensure_initialized()  # binds SparkConf to the running JVM's system properties
         submitted = SparkConf()
     builder = SparkSession.builder
+    hidden: dict[str, str] = {}
     for key, value in spark_conf(settings, app).items():
-        if submitted is None or not submitted.contains(key) or key in _OURS_ALWAYS:
+        if submitted is not None and submitted.contains(key) and key not in _OURS_ALWAYS:
+            continue
+        if submitted is None and SECRET_KEY.search(key) and "PYSPARK_SUBMIT_ARGS" not in os.environ:
+            hidden[key] = value  # never on the JVM's command line, where `ps` shows it
+        else:
             builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _properties_file(hidden):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
     return spark
+
+
+@contextlib.contextmanager
+def _properties_file(values: dict[str, str]) -> Iterator[None]:
+    """Hand ``values`` to the JVM that PySpark launches through a private properties file, not ``--conf``.
+
+    PySpark starts the driver JVM with ``spark-submit --conf key=value ...``: any process on the machine
+    can read those arguments. Secret-looking properties (``conf.schema.SECRET_KEY``: an object store's
+    secret key, a token) go instead into a file only this user can read, named by
+    ``--properties-file`` in ``PYSPARK_SUBMIT_ARGS``, and deleted once the JVM has read it. (spark-submit
+    then skips ``spark-defaults.conf``: the configuration's ``spark.conf`` is where settings belong.)
+    """
+    if not values:
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="oncolake-spark-"))  # mode 0700
+    path = folder / "secret.properties"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        for key, value in values.items():
+            out.write(f"{key}={_escape_property(value)}\n")
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {path} pyspark-shell"
+    try:
+        yield
+    finally:
+        os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _escape_property(value: str) -> str:
+    """A value as java.util.Properties reads it back (backslashes, leading spaces, line breaks)."""
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return "\\ " + escaped[1:] if escaped.startswith(" ") else escaped
 
 
 def stop_spark() -> None:
