@@ -227,7 +227,9 @@ def plant_mias(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
     lines.append("../outside/canary G NORM")  # a reference escaping the root
     faults.append(Fault("Info.txt reference with ../", "Info.txt: ../outside/canary G NORM", "quarantined"))
     lines.append(f"{canary.with_suffix('')} G NORM")  # an absolute reference
-    faults.append(Fault("Info.txt absolute reference", f"Info.txt: {canary.with_suffix('')} G NORM", "quarantined"))
+    faults.append(
+        Fault("Info.txt absolute reference", f"Info.txt: {canary.with_suffix('')} G NORM", "quarantined")
+    )
     # BOM, CRLF line ends, blank lines and trailing spaces: the good rows still read.
     text = "\ufeff" + "\r\n".join(line + "   " if i % 3 == 0 else line for i, line in enumerate(lines))
     info.write_text(text.replace("\r\nmdb0", "\r\n\r\nmdb0", 3) + "\r\n\r\n")
@@ -251,37 +253,51 @@ def plant_ddsm(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
     data = path.read_bytes()
     path.write_bytes(data.replace(b"\xff\xc3", b"\xff\xc9", 1))  # no SOF3
     faults.append(Fault("LJPEG without a frame header", rel(path, root), "quarantined"))
-    # .ics faults: one case each (every view of that case is affected).
-    cases = sorted({p.parent for p in files[11:]})
-    ics_huge = next(cases[0].glob("*.ics"))
-    text = ics_huge.read_text()
-    first_view = next(line for line in text.splitlines() if " LINES " in line)
-    ics_huge.write_text(
-        text.replace(
-            first_view,
-            first_view.split(" LINES ")[0]
-            + " LINES 90000 PIXELS_PER_LINE 90000 BITS_PER_PIXEL 16 RESOLUTION 50 NON_OVERLAY",
-        )
-    )
-    faults.append(Fault(".ics declares a huge size", rel(ics_huge, root), "accounted"))
-    ics_cut = next(cases[1].glob("*.ics"))
-    truncate(ics_cut, 0.3)
-    faults.append(Fault(".ics truncated", rel(ics_cut, root), "accounted"))
-    ics_quirks = next(cases[2].glob("*.ics"))
-    quirky = "\ufeff" + "\r\n".join(line + "  " for line in ics_quirks.read_text().splitlines())
-    quirky = quirky.replace("RESOLUTION 672", "RESOLUTION 43.5").replace("RESOLUTION 50", "RESOLUTION 43.5")
-    ics_quirks.write_text("\r\n" + quirky + "\r\n\r\n")
+    # .ics and .OVERLAY faults, each in a case of its own that no file fault touched.
+    touched = {p.parent for p in files[:11]} | {files[-1].parent}
+    free = [case for case in sorted({p.parent for p in files}) if case not in touched]
+    overlay_cases = [case for case in free if any(case.glob("*.OVERLAY"))]
+    plain_cases = [case for case in free if case not in overlay_cases[:2]]
+
+    def view_file(case: Path, view: str) -> Path:
+        return next(case.glob(f"*.{view}.LJPEG"))
+
+    case = plain_cases[0]
+    ics = next(case.glob("*.ics"))
+    text = ics.read_text()
+    line = next(line for line in text.splitlines() if " LINES " in line)
+    view = line.split()[0]
+    huge = f"{view} LINES 90000 PIXELS_PER_LINE 90000 BITS_PER_PIXEL 16 RESOLUTION 50 NON_OVERLAY"
+    ics.write_text(text.replace(line, huge))
+    faults.append(Fault(".ics declares a huge size", rel(view_file(case, view), root), "quarantined"))
+    case = plain_cases[1]
+    ics = next(case.glob("*.ics"))
+    truncate(ics, 0.3)
+    faults.append(Fault(".ics truncated", rel(next(case.glob("*.LJPEG")), root), "accounted"))
+    case = plain_cases[2]
+    ics = next(case.glob("*.ics"))
+    lines = [line.replace("RESOLUTION 50", "RESOLUTION 43.5") + "  " for line in ics.read_text().splitlines()]
+    ics.write_text("\ufeff\r\n" + "\r\n".join(lines) + "\r\n\r\n")
+    target = rel(next(case.glob("*.LJPEG")), root)
     faults.append(
-        Fault(".ics with BOM, CRLF, blank lines, decimal resolution", rel(ics_quirks, root), "ingested")
+        Fault(".ics with BOM, CRLF, blank lines, trailing spaces, decimal resolution", target, "ingested")
     )
-    overlays = sorted(root.rglob("*.OVERLAY"))
-    if overlays:
-        overlays[0].write_bytes(bytes(rng.getrandbits(8) for _ in range(2000)))
-        faults.append(Fault(".OVERLAY of random bytes", rel(overlays[0], root), "accounted"))
-    if len(overlays) > 1:
-        text = overlays[1].read_text()
-        overlays[1].write_text(text.replace("BOUNDARY\n", "BOUNDARY\n999999 999999 ", 1))
-        faults.append(Fault(".OVERLAY boundary outside the image", rel(overlays[1], root), "accounted"))
+    case = plain_cases[3]
+    ics = next(case.glob("*.ics"))
+    text = ics.read_text()
+    line = next(line for line in text.splitlines() if " LINES " in line)
+    ics.write_text(text.replace(line, line.replace(" LINES ", " LINES lots ")))
+    faults.append(
+        Fault(".ics size that is not a number", rel(view_file(case, line.split()[0]), root), "accounted")
+    )
+    overlay = next(overlay_cases[0].glob("*.OVERLAY"))
+    overlay.write_bytes(bytes(rng.getrandbits(8) for _ in range(2000)))
+    target = rel(overlay.with_name(overlay.name.replace(".OVERLAY", ".LJPEG")), root)
+    faults.append(Fault(".OVERLAY of random bytes", target, "accounted"))
+    overlay = next(overlay_cases[1].glob("*.OVERLAY"))
+    overlay.write_text(overlay.read_text().replace("BOUNDARY\n", "BOUNDARY\n999999 999999 ", 1))
+    target = rel(overlay.with_name(overlay.name.replace(".OVERLAY", ".LJPEG")), root)
+    faults.append(Fault(".OVERLAY boundary outside the image", target, "accounted"))
     absent = files[-1]
     absent.unlink()
     faults.append(Fault(".ics names a view whose LJPEG is absent", rel(absent, root), "quarantined"))
@@ -358,19 +374,19 @@ def plant_cbis(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
         body[i] = line
     template = body[0].split(",")
     extra = []
-    absent = ",".join(template[:11] + ["Mass-Training_P_09999_LEFT_CC/1.2/3.4/000000.dcm"] + template[12:])
+    absent = ",".join([*template[:11], "Mass-Training_P_09999_LEFT_CC/1.2/3.4/000000.dcm", *template[12:]])
     extra.append(absent)
     faults.append(
         Fault(
             "CSV row naming an absent file",
-            "CBIS-DDSM/Mass-Training_P_09999_LEFT_CC/1.2/3.4/000000.dcm",
+            "Mass-Training_P_09999_LEFT_CC/1.2/3.4/000000.dcm",
             "quarantined",
         )
     )
-    escape = ",".join(template[:11] + ["../../outside/canary.dcm"] + template[12:])
+    escape = ",".join([*template[:11], "../../outside/canary.dcm", *template[12:]])
     extra.append(escape)
     faults.append(Fault("CSV path with ../", "../../outside/canary.dcm", "refused"))
-    absolute = ",".join(template[:11] + [str(canary)] + template[12:])
+    absolute = ",".join([*template[:11], str(canary), *template[12:]])
     extra.append(absolute)
     faults.append(Fault("CSV absolute path", str(canary), "refused"))
     extra.append(body[1])  # a duplicated row
@@ -456,7 +472,11 @@ def plant_reports(root: Path, canary: Path, rng: random.Random, planted: set[str
     ]
     jsonls[7].write_text("\ufeff" + "\n".join([*lines, *(json.dumps(o) for o in odd)]) + "\n")
     faults.append(Fault("JSON Lines with a BOM", rel(jsonls[7], root), "ingested"))
-    faults.append(Fault("unknown label; marks far outside the image; bad time and NA", rel(jsonls[7], root), "accounted"))
+    faults.append(
+        Fault(
+            "unknown label; marks far outside the image; bad time and NA", rel(jsonls[7], root), "accounted"
+        )
+    )
     export = root / "label-studio-export.json"
     export.write_text('[{"id": 1, "annotations": [{"result": [')
     faults.append(Fault("a Label Studio export cut short", rel(export, root), "quarantined"))
@@ -587,7 +607,7 @@ def judge(
         hashes = {r["image_id"] for r in frame.select("image_id").collect()}
         result.outside_reads = int(_file_hash(canary) in hashes)
         targets = {f.target for f in faults}
-        result.good_missing = len(clean - ingested - targets)
+        result.good_missing = len(clean - ingested - targets - quarantined)
     else:
         canary_reader = pseudonymise(SECRET.encode(), REPORTER_NAMESPACE, "canary-reader")
         notes = read_table(spark, str(lake / "annotations"))
@@ -613,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/oncolake-faults"))
     parser.add_argument("--readers", default=",".join(READERS))
-    parser.add_argument("--images", type=int, default=160, help="good images in the corpus (all collections)")
+    parser.add_argument("--images", type=int, default=240, help="good images in the corpus (all collections)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     readers = [r for r in args.readers.split(",") if r]
@@ -675,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         payloads[reader] = payload
         print(
-            f"faults: {reader}: {len(faults)} faults of {result.kinds} kinds, exit {code} ({result.seconds} s)",
+            f"faults: {reader}: {len(faults)} faults of {result.kinds} kinds, exit {code} "
+            f"({result.seconds} s)",
             flush=True,
         )
 
@@ -685,13 +706,21 @@ def main(argv: list[str] | None = None) -> int:
         faults, _, canary = plans[result.reader]
         judge(spark, result.reader, faults, fault_lake, clean_lake, canary, result, payloads[result.reader])
 
-    header = f"{'reader':10} {'kinds':>5} {'faults':>6} {'crashes':>7} {'seen':>5} {'lost':>4} {'good missing':>12} {'outside reads':>13} {'unaccounted':>11} {'worker peak MB':>14}"
-    print(header)
+    columns = ("kinds", "faults", "crashes", "seen", "lost", "good missing", "outside reads", "unaccounted")
+    print(f"{'reader':10}" + "".join(f"{c:>14}" for c in (*columns, "worker peak MB")))
     for r in results:
         crash = int(r.exit_code != 0 or r.traceback)
-        print(
-            f"{r.reader:10} {r.kinds:>5} {r.faults:>6} {crash:>7} {r.seen:>5} {r.lost:>4} {r.good_missing:>12} {r.outside_reads:>13} {len(r.unaccounted):>11} {r.worker_peak_mb:>14}"
+        values = (
+            r.kinds,
+            r.faults,
+            crash,
+            r.seen,
+            r.lost,
+            r.good_missing,
+            r.outside_reads,
+            len(r.unaccounted),
         )
+        print(f"{r.reader:10}" + "".join(f"{v:>14}" for v in (*values, r.worker_peak_mb)))
         for line in r.unaccounted:
             print(f"    unaccounted: {line}")
     if args.json:

@@ -41,6 +41,7 @@ PATHOLOGY: dict[str, Label] = {
 # Freeman chain code: 0 is up (north), then clockwise.
 CHAIN_STEPS = {0: (0, -1), 1: (1, -1), 2: (1, 0), 3: (1, 1), 4: (0, 1), 5: (-1, 1), 6: (-1, 0), 7: (-1, -1)}
 MAX_OUTLINE_POINTS = 256
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?")
 _VIEW_FILE = re.compile(
     r"^(?P<stem>[A-Z]_\d+_\d+)\.(?P<view>(LEFT|RIGHT)_(CC|MLO))\.(?P<ext>LJPEG|LJPEG\.png|png)$", re.I
 )
@@ -60,7 +61,7 @@ def parse_ics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
             views[key] = {
                 k: float(fields[k])
                 for k in ("LINES", "PIXELS_PER_LINE", "BITS_PER_PIXEL", "RESOLUTION")
-                if k in fields
+                if k in fields and _NUMBER.fullmatch(fields[k])  # a value that is no number: no size
             }
         elif key == "DIGITIZER":
             attributes["digitizer"] = " ".join(tokens[1:])
@@ -126,11 +127,19 @@ def scan(root: Path) -> Scan:
         by_case[path.rsplit("/", 1)[0] if "/" in path else ""].append(path)
     for folder, paths in sorted(by_case.items()):
         images = {}
+        strays = []
         for path in paths:
             match = _VIEW_FILE.match(path.rsplit("/", 1)[-1])
             if match:
                 images[path] = match
-        result.auxiliary += len(paths) - len(images)
+            elif path.lower().endswith(".ljpeg"):
+                strays.append(path)
+        # An LJPEG whose name is not <case>.<VIEW>.LJPEG belongs to no view: quarantined, never skipped.
+        result.rejections.extend(
+            Rejection(p, "scan", "a lossless JPEG whose name is not <case>.<VIEW>.LJPEG: not read")
+            for p in strays
+        )
+        result.auxiliary += len(paths) - len(images) - len(strays)
         if not images:
             continue
         ics = next((p for p in paths if p.lower().endswith(".ics")), None)
@@ -140,6 +149,17 @@ def scan(root: Path) -> Scan:
             )
             continue
         views, attributes = parse_ics((root / ics).read_text(errors="replace"))
+        stem = next(iter(images.values()))["stem"]
+        present = {match["view"].upper() for match in images.values()}
+        for view in sorted(set(views) - present):  # the header names a film the folder lacks
+            result.rejections.append(
+                Rejection(
+                    f"{folder}/{stem}.{view}.LJPEG".lstrip("/"),
+                    "scan",
+                    "listed in the .ics header but the file is missing",
+                    is_image=False,
+                )
+            )
         for path, match in sorted(images.items()):
             view = match["view"].upper()
             header = views.get(view)

@@ -188,7 +188,7 @@ def test_demo_leaks_no_secret_and_hides_source_paths(demo: Path, spark) -> None:
     )
     leaks: dict[str, list[str]] = {}
     tables = sorted(p.name for p in lake.iterdir() if (p / "_delta_log").is_dir())
-    assert {"images", "quarantine", "tiles", "predictions", "landing_images"} <= set(tables)
+    assert {"images", "quarantine", "tiles", "landing_images", "annotations"} <= set(tables)
     for table in tables:
         frame = read_table(spark, settings.lakehouse.table(table))
         strings = [
