@@ -348,11 +348,13 @@ def plant_cbis(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
         return next(i for i, line in enumerate(body) if f",{key}," in line)
 
     bad = {}
+    last: list[str] = []  # the stray quote's row goes last: the CSV parser reads on to the next quote
     if len(files) > 13 and files[12] in full:
         i = row_of(files[12])
         cells = body[i].split(",")
         cells[9] = '"BENIGN'  # a stray quote
-        bad[i] = ",".join(cells)
+        last.append(",".join(cells))
+        bad[i] = ""
         faults.append(Fault("CSV row with a stray quote", rel(files[12], root), "accounted"))
     if len(full) > 13:
         i = row_of(full[13])
@@ -372,7 +374,7 @@ def plant_cbis(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
         )
     for i, line in bad.items():
         body[i] = line
-    template = body[0].split(",")
+    template = next(line for line in body if line).split(",")
     extra = []
     absent = ",".join([*template[:11], "Mass-Training_P_09999_LEFT_CC/1.2/3.4/000000.dcm", *template[12:]])
     extra.append(absent)
@@ -389,9 +391,10 @@ def plant_cbis(root: Path, canary: Path, rng: random.Random, planted: set[str]) 
     absolute = ",".join([*template[:11], str(canary), *template[12:]])
     extra.append(absolute)
     faults.append(Fault("CSV absolute path", str(canary), "refused"))
-    extra.append(body[1])  # a duplicated row
+    extra.append(next(line for line in body[1:] if line))  # a duplicated row
     faults.append(Fault("duplicated CSV row", "", "accounted"))
-    train.write_text("\ufeff" + "\r\n".join([header, *body, *extra]) + "\r\n")
+    body = [line for line in body if line]
+    train.write_text("\ufeff" + "\r\n".join([header, *body, *extra, *last]) + "\r\n")
     faults.append(Fault("CSV with a byte-order mark and CRLF", "", "accounted"))
     return faults
 

@@ -230,3 +230,38 @@ def test_a_reports_file_whose_name_is_not_utf8_is_quarantined_by_its_escaped_nam
     assert summary.seen == summary.ingested + summary.already_present + summary.quarantined == 2
     quarantine = {r["path"]: r["reason"] for r in read_table(spark, lake.table("quarantine")).collect()}
     assert quarantine["lecteur-\\xe9.jsonl"] == NOT_UTF8
+
+
+def test_metadata_that_names_no_file_or_a_file_no_metadata_names_is_quarantined(
+    corpus_roots: dict[str, str], tmp_path: Path
+) -> None:
+    """Found by benchmarks/faults.py: a DDSM view the .ics lists without its film, an LJPEG whose name fits
+    no view, an .ics size that is not a number, and a MIAS row whose reference is a path, were skipped
+    (or stopped the scan) instead of being quarantined."""
+    ddsm_root = tmp_path / "DDSM"
+    shutil.copytree(corpus_roots["ddsm"], ddsm_root)
+    films = sorted(ddsm_root.rglob("*.LJPEG"))
+    gone = films[0]
+    gone.unlink()
+    stray = films[4].with_name("scanner-copy.LJPEG")
+    shutil.copy(films[4], stray)
+    ics = next(films[8].parent.glob("*.ics"))
+    view = films[8].name.split(".")[1]
+    ics.write_text(
+        "\n".join(
+            line.replace(" LINES ", " LINES lots ") if line.startswith(view) else line
+            for line in ics.read_text().splitlines()
+        )
+    )
+    scan = ddsm.scan(ddsm_root)
+    reasons = {r.path: r.reason for r in scan.rejections}
+    assert reasons[str(gone.relative_to(ddsm_root))] == "listed in the .ics header but the file is missing"
+    assert "name is not <case>.<VIEW>.LJPEG" in reasons[str(stray.relative_to(ddsm_root))]
+    assert reasons[str(films[8].relative_to(ddsm_root))] == f"the .ics header has no size for {view}"
+
+    mias_root = tmp_path / "all-mias"
+    shutil.copytree(corpus_roots["mias"], mias_root)
+    info = mias_root / "Info.txt"
+    info.write_text(info.read_text() + "../../etc/passwd G NORM\n/abs/mdb001 F CALC B 1 1 1\n")
+    rows = {r.path for r in mias.scan(mias_root).rejections if not r.is_image}
+    assert {"Info.txt: ../../etc/passwd G NORM", "Info.txt: /abs/mdb001 F CALC B 1 1 1"} <= rows
