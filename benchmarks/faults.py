@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         judge(spark, result.reader, faults, fault_lake, clean_lake, canary, result, payloads[result.reader])
 
     columns = ("kinds", "faults", "crashes", "seen", "lost", "good missing", "outside reads", "unaccounted")
-    print(f"{'reader':10}" + "".join(f"{c:>14}" for c in (*columns, "worker peak MB")))
+    print(f"{'reader':10}" + "".join(f"{c:>15}" for c in (*columns, "worker peak MB")))
     for r in results:
         crash = int(r.exit_code != 0 or r.traceback)
         values = (
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             r.outside_reads,
             len(r.unaccounted),
         )
-        print(f"{r.reader:10}" + "".join(f"{v:>14}" for v in (*values, r.worker_peak_mb)))
+        print(f"{r.reader:10}" + "".join(f"{v:>15}" for v in (*values, r.worker_peak_mb)))
         for line in r.unaccounted:
             print(f"    unaccounted: {line}")
     if args.json:
