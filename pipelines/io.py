@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -286,11 +287,12 @@ def merge_into(
                 writer = writer.option(key, value)
             if partition_by:
                 writer = writer.partitionBy(*partition_by)
-            writer.save(path)
+            with commit_fault(path):
+                writer.save(path)
             return
         add_missing_columns(spark, df, path)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        with _session_transaction(spark, txn):
+        with _session_transaction(spark, txn), commit_fault(path):
             (
                 DeltaTable.forPath(spark, path)
                 .alias("t")
@@ -298,6 +300,37 @@ def merge_into(
                 .whenNotMatchedInsertAll()
                 .execute()
             )
+
+
+COMMIT_FAULT_ENV = "ONCOLAKE_COMMIT_FAULT"
+"""Fault injection for the reliability benchmark (benchmarks/kills.py): ``<when>:<table>`` SIGKILLs this
+process ``before`` a write to that table starts, ``during`` it (a timer fires 0.2 s in, while Delta writes
+data files or its log entry), or ``after`` its commit returned. Unset, it costs one lookup per write."""
+
+
+@contextmanager
+def commit_fault(path: str) -> Iterator[None]:
+    """The injection point around one table write (see :data:`COMMIT_FAULT_ENV`)."""
+    wanted = os.environ.get(COMMIT_FAULT_ENV)
+    if not wanted:
+        yield
+        return
+    when, _, table = wanted.partition(":")
+    if table != path.rstrip("/").rsplit("/", 1)[-1]:
+        yield
+        return
+
+    def kill() -> None:
+        print(f"io: fault injected {when} the write to {table}: SIGKILL", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if when == "before":
+        kill()
+    if when == "during":
+        threading.Timer(0.2, kill).start()
+    yield
+    if when in ("after", "during"):
+        kill()  # "during" on a write shorter than the timer: killed right after its commit instead
 
 
 def delete_where(
@@ -382,7 +415,8 @@ def append_new(
             )
             for key, value in TABLE_PROPERTIES.items():
                 writer = writer.option(key, value)
-            writer.save(path)
+            with commit_fault(path):
+                writer.save(path)
             return
         if not table_exists(spark, path):
             builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(df.schema)
@@ -394,6 +428,6 @@ def append_new(
             add_missing_columns(spark, df, path)
         existing = read_table(spark, path).select(*keys)
         new = df.join(existing, list(keys), "left_anti")
-        _with_transaction((layout(new) if layout else new).write.format("delta").mode("append"), txn).save(
-            path
-        )
+        writer = _with_transaction((layout(new) if layout else new).write.format("delta").mode("append"), txn)
+        with commit_fault(path):
+            writer.save(path)

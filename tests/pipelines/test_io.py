@@ -7,14 +7,21 @@ leak into a running (or resumed) training's data.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.io import current_version, merge_into, read_table, snapshot_files
+from pipelines.io import COMMIT_FAULT_ENV, current_version, merge_into, read_table, snapshot_files
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _rows(spark: SparkSession, ids: range) -> DataFrame:
@@ -79,3 +86,23 @@ def test_petastorm_reads_a_pinned_delta_snapshot_into_a_torch_loader(
                 break
     assert set(ids) == set(range(64))
     assert labels == [i % 2 for i in ids]
+
+
+@pytest.mark.parametrize(("when", "reached"), [("before", ""), ("during", "written"), ("after", "written")])
+def test_the_commit_fault_points_kill_the_process_where_they_say(when: str, reached: str) -> None:
+    """benchmarks/kills.py relies on these points; with the variable unset nothing happens."""
+    code = (
+        "from pipelines.io import commit_fault\n"
+        "with commit_fault('/lake/images'):\n"
+        "    print('written', flush=True)\n"
+        "print('survived', flush=True)\n"
+    )
+    env = {**os.environ, COMMIT_FAULT_ENV: f"{when}:images"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert done.stdout.strip() == reached and "fault injected" in done.stderr
+    other = {**os.environ, COMMIT_FAULT_ENV: f"{when}:tiles"}
+    untouched = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=other, capture_output=True, text=True
+    )
+    assert untouched.returncode == 0 and untouched.stdout.split() == ["written", "survived"]
