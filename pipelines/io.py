@@ -304,8 +304,9 @@ def merge_into(
 
 COMMIT_FAULT_ENV = "ONCOLAKE_COMMIT_FAULT"
 """Fault injection for the reliability benchmark (benchmarks/kills.py): ``<when>:<table>`` SIGKILLs this
-process ``before`` a write to that table starts, ``during`` it (a timer fires 0.2 s in, while Delta writes
-data files or its log entry), or ``after`` its commit returned. Unset, it costs one lookup per write."""
+process and its driver JVM ``before`` a write to that table starts, ``during`` it (a timer fires 0.2 s
+in, while Delta writes data files or its log entry), or ``after`` its commit returned. Unset, it costs
+one lookup per write."""
 
 
 @contextmanager
@@ -322,6 +323,12 @@ def commit_fault(path: str) -> Iterator[None]:
 
     def kill() -> None:
         print(f"io: fault injected {when} the write to {table}: SIGKILL", file=sys.stderr, flush=True)
+        # The driver is this process and the JVM it launched (which runs the commit): both at once.
+        from pyspark import SparkContext
+
+        jvm = getattr(getattr(SparkContext, "_gateway", None), "proc", None)
+        if jvm is not None:
+            os.kill(jvm.pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
     if when == "before":
