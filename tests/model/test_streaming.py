@@ -309,7 +309,7 @@ def test_killed_at_every_point_and_restarted_the_invariants_hold(
     writer.join(timeout=120)
     # Continuous again until everything written is in, then SIGTERM: the batch in flight commits first.
     process = _stream(args, None, log)
-    _wait_for(log, "watching", 4, 180)
+    _wait_for(log, "watching", 3, 180)
     time.sleep(8)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=180) == 0, log.read_text()[-3000:]

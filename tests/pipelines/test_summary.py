@@ -77,6 +77,7 @@ def test_write_json_writes_every_count_and_the_extra_keys(tmp_path: Path) -> Non
                 "ingested": 1,
                 "already_present": 0,
                 "quarantined": 0,
+                "erased": 0,
                 "auxiliary": 0,
                 "rejected_rows": 0,
                 "labels": {"normal": 0, "benign": 1, "malignant": 0},
