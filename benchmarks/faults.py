@@ -89,6 +89,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` 8-bit grey pixels, with one row of data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * (width + 1))
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from benchmarks.postgres import Postgres, local_postgres
+from benchmarks.postgres import Postgres, free_port, local_postgres
 from model.server import ENV_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,12 +70,6 @@ class Users:
 
     def passwords(self) -> list[str]:
         return [self.admin[1], self.expert[1], self.trainer[1]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -39,7 +39,8 @@ def binary(name: str) -> str:
     return candidates[0]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -92,7 +93,7 @@ def local_postgres(databases: tuple[str, ...], user: str = "oncolake") -> Iterat
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
         os.chown(folder, owner.pw_uid, owner.pw_gid)
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     password = secrets.token_urlsafe(18)
     server = Postgres(port, folder, user, password)
     started = False

@@ -25,7 +25,7 @@ from pyspark.sql import SparkSession
 
 from conf import Settings
 from model.registry import version_pins
-from pipelines.erasure import IMAGE_TABLES, PATIENT_TABLES, Erasure
+from pipelines.erasure import IMAGE_TABLES, PATIENT_TABLES, Erasure, in_list
 from pipelines.io import read_table
 
 
@@ -46,30 +46,15 @@ class FlaggedVersion:
         )
 
 
-def _erased_rows(
-    spark: SparkSession, path: str, version: int, table: str, erasure: Erasure, ids: list[str]
-) -> int:
-    frame = read_table(spark, path, version)
+def _erased_rows(spark: SparkSession, path: str, version: int, table: str, erasure: Erasure) -> int:
+    """The erased patients' rows in the table at ``version`` (by patient, or by their images)."""
     if table in PATIENT_TABLES:
-        keys = ", ".join(repr(p) for p in erasure.patients)
-        return frame.where(f"patient_key IN ({keys})").count()
-    if not ids:
+        condition = in_list("patient_key", erasure.patients)
+    elif erasure.image_ids:
+        condition = in_list("image_id", erasure.image_ids)
+    else:
         return 0
-    return frame.where(f"image_id IN ({', '.join(repr(i) for i in ids)})").count()
-
-
-def _erased_image_ids(spark: SparkSession, settings: Settings, erasure: Erasure) -> list[str]:
-    """The erased patients' image ids, read from the version just before the erasure's delete."""
-    ids: set[str] = set()
-    keys = ", ".join(repr(p) for p in erasure.patients)
-    for table in ("images", "landing_images"):
-        done = erasure.table(table)
-        if done is not None:
-            frame = read_table(spark, settings.lakehouse.table(table), done.version_before)
-            ids |= {
-                r["image_id"] for r in frame.where(f"patient_key IN ({keys})").select("image_id").collect()
-            }
-    return sorted(ids)
+    return read_table(spark, path, version).where(condition).count()
 
 
 def flag_versions(
@@ -84,7 +69,6 @@ def flag_versions(
     erased = {settings.lakehouse.table(t.table): t for t in erasure.tables}
     if not erased:
         return []
-    ids = _erased_image_ids(spark, settings, erasure)
     names = {settings.lakehouse.table(t): t for t in (*PATIENT_TABLES, *IMAGE_TABLES)}
     prefix = settings.train.model_prefix
     flagged = []
@@ -95,7 +79,7 @@ def flag_versions(
                 done = erased.get(path)
                 if done is None or pinned > done.version_before:
                     continue
-                rows = _erased_rows(spark, path, pinned, names[path], erasure, ids)
+                rows = _erased_rows(spark, path, pinned, names[path], erasure)
                 if rows:
                     flag = FlaggedVersion(model.name, str(version.version), names[path], pinned, rows)
                     flagged.append(flag)

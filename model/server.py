@@ -190,12 +190,10 @@ def _postgres_uris(backend_store_uri: str | None, auth_database_uri: str | None)
             "--backend postgresql needs --backend-store-uri postgresql://USER@HOST:PORT/DATABASE "
             "(the password in " + ENV_PREFIX + "DATABASE_PASSWORD)"
         )
-    _no_password(backend_store_uri, "--backend-store-uri")
     if auth_database_uri is None:
         parts = urlsplit(backend_store_uri)
         database = parts.path.strip("/") or "mlflow"
         auth_database_uri = urlunsplit(parts._replace(path=f"/{database}_auth"))
-    _no_password(auth_database_uri, "--auth-database-uri")
     return backend_store_uri, auth_database_uri
 
 

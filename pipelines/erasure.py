@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -89,10 +89,14 @@ class Erasure:
     erasure_id: str
     erased_at: datetime
     patients: list[str]
-    images: int
+    image_ids: list[str] = field(repr=False)  # used, never recorded: the record holds no data
     tables: list[TableErasure] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     already_erased: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return len(self.image_ids)
 
     @property
     def rows(self) -> int:
@@ -103,8 +107,8 @@ class Erasure:
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["erased_at"] = self.erased_at.isoformat()
-        return data
+        del data["image_ids"]
+        return {**data, "erased_at": self.erased_at.isoformat(), "images": self.images}
 
 
 def check_pseudonyms(patients: Sequence[str]) -> list[str]:
@@ -130,7 +134,8 @@ def erased_patients(spark: SparkSession, settings: Settings) -> set[str]:
     return {r["patient_key"] for r in read_table(spark, path).select("patient_key").distinct().collect()}
 
 
-def _in(column: str, values: Sequence[str]) -> str:
+def in_list(column: str, values: Iterable[str]) -> str:
+    """A Spark SQL condition: ``column`` is one of ``values``."""
     return f"{column} IN ({', '.join(repr(v) for v in sorted(values))})"
 
 
@@ -160,19 +165,19 @@ def erase_patients(
     for table in PATIENT_TABLES:
         path = lake.table(table)
         if table_exists(spark, path):
-            matching = read_table(spark, path).where(_in("patient_key", patients))
+            matching = read_table(spark, path).where(in_list("patient_key", patients))
             for row in matching.select("patient_key", "image_id").distinct().collect():
                 present.add(row["patient_key"])
                 image_ids.add(row["image_id"])
-    erasure = Erasure(erasure_id, now, patients, len(image_ids))
+    erasure = Erasure(erasure_id, now, patients, sorted(image_ids))
     for table in (*PATIENT_TABLES, *IMAGE_TABLES):
         path = lake.table(table)
         if not table_exists(spark, path):
             continue
         if table in PATIENT_TABLES:
-            condition = _in("patient_key", patients)
+            condition = in_list("patient_key", patients)
         elif image_ids:
-            condition = _in("image_id", sorted(image_ids))
+            condition = in_list("image_id", image_ids)
         else:
             continue
         rows, before, after = delete_where(spark, path, condition, metadata)

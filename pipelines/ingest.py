@@ -206,16 +206,17 @@ def scan_quarantine_rows(
     now = _now()
     rows = [
         (
-            stable_id(collection, r.path, r.stage, hide_paths(r.reason) if hash_paths else r.reason),
+            stable_id(collection, r.path, r.stage, reason),
             collection,
             display_path(collection, r.path, hash_paths),
             r.stage,
-            hide_paths(r.reason) if hash_paths else r.reason,
+            reason,
             r.is_image,
             now,
         )
         for collection, items in rejections.items()
         for r in items
+        for reason in (hide_paths(r.reason) if hash_paths else r.reason,)
     ]
     return spark.createDataFrame(rows, QUARANTINE_SCHEMA)
 

@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 from pyspark.sql import SparkSession
 
+from benchmarks.faults import png_bomb
 from conf import Settings
 from pipelines import ingest
 from pipelines.collections import ingest_collections
@@ -40,21 +40,6 @@ def _default_limit() -> Iterator[None]:
     set_pixel_limit(LIMIT)
     yield
     set_pixel_limit(LIMIT)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header declaring ``width`` x ``height`` 8-bit grey pixels, with one row of data."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
-        + _chunk(b"IEND", b"")
-    )
 
 
 def _peak_mb() -> float:
