@@ -184,8 +184,23 @@ def _with_transaction(writer: Any, txn: tuple[str, int] | None) -> Any:
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
-    """Whether a Delta table has been created at ``path``."""
-    return DeltaTable.isDeltaTable(spark, path)
+    """Whether a Delta table has been created at ``path``, by this process or by any other.
+
+    ``DeltaTable.isDeltaTable`` answers from the session's cached snapshot of the table's log: once this
+    JVM has looked at a path before its table existed, it keeps saying "no" after another driver
+    created the table (two jobs started at once on a fresh lakehouse). So a "no" is checked against the
+    log folder itself, and a table found there is read once to refresh the cache.
+    """
+    if DeltaTable.isDeltaTable(spark, path):
+        return True
+    jvm = spark._jvm  # type: ignore[attr-defined]
+    log = jvm.org.apache.hadoop.fs.Path(path.rstrip("/") + "/_delta_log")
+    fs = log.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+    commits = fs.globStatus(jvm.org.apache.hadoop.fs.Path(log, "*.{json,parquet}"))
+    if commits is None or len(commits) == 0:
+        return False
+    DeltaTable.forPath(spark, path).history(1).collect()  # refreshes the cached snapshot
+    return True
 
 
 def read_table(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
