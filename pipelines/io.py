@@ -193,9 +193,9 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     """
     if DeltaTable.isDeltaTable(spark, path):
         return True
-    jvm = spark._jvm  # type: ignore[attr-defined]
+    jvm: Any = spark.sparkContext._jvm
     log = jvm.org.apache.hadoop.fs.Path(path.rstrip("/") + "/_delta_log")
-    fs = log.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+    fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     commits = fs.globStatus(jvm.org.apache.hadoop.fs.Path(log, "*.{json,parquet}"))
     if commits is None or len(commits) == 0:
         return False
