@@ -2,8 +2,9 @@
 
     python -m benchmarks.kills [--out DIR] [--images 96] [--json FILE]
 
-A synthetic corpus is ingested and tiled (``oncolake ingest``, ``oncolake tile``, each its own process, on
-``local-cluster[2,1,1536]``: two executor JVMs as on any real cluster) three ways:
+A synthetic corpus is ingested, tiled and scored (``oncolake ingest``, ``oncolake tile``, and ``oncolake
+score`` with a model ``oncolake train`` registered once, each its own process, on
+``local-cluster[2,1,1536]``: two executor JVMs as on any real cluster) four ways:
 
 - **undisturbed**, the reference;
 - **an executor killed**: while the job's tasks run (its executors' Python workers are decoding or
@@ -14,7 +15,10 @@ A synthetic corpus is ingested and tiled (``oncolake ingest``, ``oncolake tile``
   or the log entry being written), ``after`` its commit returned. Right after the kill every table must
   be readable at a committed version — the one before the job or the one it committed, never a partial
   one (its rows are checked against the reference: no row that the reference lacks, no key twice) — and
-  a re-run (no fault) must complete.
+  a re-run (no fault) must complete;
+- **two at once**: two ingests, then two score runs, started together on one lakehouse: each ends with
+  exit 0 or 75 (it lost a commit race and says so in one line), and once both are done (a re-run of a
+  loser included) the tables equal the reference: no row twice, none lost.
 
 Then every table's content (each row's key and a digest of every column but timestamps) must equal the
 reference's. Printed: one line per case (fault, injected, exit codes, tables equal, rows) and the totals
@@ -45,9 +49,12 @@ KEYS = {
     "annotations": "annotation_id",
     "quarantine": "quarantine_id",
     "tiles": "tile_id",
+    "predictions": "prediction_id",
 }
 INGEST_TABLES = ("quarantine", "annotations", "images")
 TILE_TABLES = ("tiles",)
+SCORE_TABLES = ("predictions",)
+TASK = "histo_benign_vs_malignant"
 SECRET = "kills-benchmark-secret"
 
 
@@ -64,16 +71,44 @@ class Case:
     seconds: float = 0.0
 
 
+TRACKING: list[str] = []  # --set mlflow.tracking_uri=... shared by every lake (the model is trained once)
+
+
+def job_command(argv: list[str], lake: Path) -> list[str]:
+    args = [sys.executable, "-m", "jobs.cli", *argv, "--config", "tiny", *TRACKING]
+    return [*args, "--set", f"lakehouse.root={lake}", "--set", f"spark.master={MASTER}"]
+
+
+def job_env(env_extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "ONCOLAKE_PSEUDONYM_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+
+
 def run_job(argv: list[str], lake: Path, log: Path, env_extra: dict[str, str] | None = None) -> int:
-    args = [sys.executable, "-m", "jobs.cli", *argv, "--config", "tiny"]
-    args += ["--set", f"lakehouse.root={lake}", "--set", f"spark.master={MASTER}"]
-    env = {**os.environ, "ONCOLAKE_PSEUDONYM_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     with log.open("ab") as out:
         out.write(f"\n=== {' '.join(argv)} {env_extra or ''}\n".encode())
         out.flush()
         return subprocess.run(
-            args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1800
+            job_command(argv, lake),
+            cwd=REPO,
+            env=job_env(env_extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1800,
         ).returncode
+
+
+def run_together(argv: list[str], lake: Path, log: Path) -> list[int]:
+    """Two runs of one job started at once on one lakehouse; their exit codes."""
+    with log.open("ab") as out:
+        out.write(f"\n=== twice at once: {' '.join(argv)}\n".encode())
+        out.flush()
+        runs = [
+            subprocess.Popen(
+                job_command(argv, lake), cwd=REPO, env=job_env(), stdout=out, stderr=subprocess.STDOUT
+            )
+            for _ in range(2)
+        ]
+        return [run.wait(timeout=1800) for run in runs]
 
 
 class ExecutorKiller(threading.Thread):
@@ -175,21 +210,34 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(entry, dict)
     ]
     ingest, tile = ["ingest", *sources], ["tile"]
+    score = ["score", "--task", TASK, "--alias", "challenger", "--split", "test", "--split", "val"]
+    TRACKING[:] = ["--set", f"mlflow.tracking_uri=sqlite:///{args.out / 'mlflow.db'}"]
+    TRACKING.extend(["--set", "train.model_prefix=kills-"])
 
     reference = args.out / "lake-reference"
     started = time.monotonic()
     assert run_job(ingest, reference, logs / "reference.log") == 0
     assert run_job(tile, reference, logs / "reference.log") == 0
+    train = ["train", "--task", TASK, "--set", "train.epochs=2", "--set", "train.num_proc=2"]
+    assert run_job(train, reference, logs / "reference.log") == 0  # the model every score run applies
+    assert run_job(score, reference, logs / "reference.log") == 0
     reference_seconds = time.monotonic() - started
+    all_tables = (*INGEST_TABLES, *TILE_TABLES, *SCORE_TABLES)
 
     settings = load_settings("tiny", [f"lakehouse.root={reference}", "spark.master=local[2]"])
     spark = build_spark(settings, "kills")
-    expected = lake_digest(spark, reference, (*INGEST_TABLES, *TILE_TABLES))
+    expected = lake_digest(spark, reference, all_tables)
     cases: list[Case] = []
 
-    # An executor JVM killed while the tasks run: ingest, then tile.
+    def copy_of(name: str, without: tuple[str, ...]) -> Path:
+        """The reference lakehouse without the tables a job is about to write (and no locks)."""
+        lake = args.out / name
+        shutil.copytree(reference, lake, ignore=shutil.ignore_patterns(*without, "_locks"))
+        return lake
+
+    # An executor JVM killed while the tasks run: ingest, tile, then score.
     lake = args.out / "lake-executor"
-    for name, job in (("ingest", ingest), ("tile", tile)):
+    for name, job in (("ingest", ingest), ("tile", tile), ("score", score)):
         case = Case(name, "executor SIGKILL")
         killer = ExecutorKiller()
         killer.start()
@@ -199,31 +247,32 @@ def main(argv: list[str] | None = None) -> int:
         case.seconds = round(time.monotonic() - started, 1)
         case.injected = killer.killed is not None
         cases.append(case)
-    got = lake_digest(spark, lake, (*INGEST_TABLES, *TILE_TABLES))
+    got = lake_digest(spark, lake, all_tables)
     for case in cases:
-        tables = INGEST_TABLES if case.job == "ingest" else TILE_TABLES
+        tables = {"ingest": INGEST_TABLES, "tile": TILE_TABLES, "score": SCORE_TABLES}[case.job]
         case.differences = compare({t: expected[t] for t in tables}, got)
         case.equal = not case.differences and case.exit_code == 0
 
     # The driver killed at every write of every table, before, during and after its commit.
     points = [p for p in args.points.split(",") if p]
-    for name, job, tables in (("ingest", ingest, INGEST_TABLES), ("tile", tile, TILE_TABLES)):
+    jobs = (("ingest", ingest, INGEST_TABLES), ("tile", tile, TILE_TABLES), ("score", score, SCORE_TABLES))
+    for name, job, tables in jobs:
         for table in tables:
             for when in points:
                 lake = args.out / f"lake-{name}-{table}-{when}"
-                if name == "tile":  # the ingest it tiles, undisturbed
-                    shutil.copytree(reference, lake, ignore=shutil.ignore_patterns("tiles", "_locks"))
+                if name != "ingest":  # what it reads, undisturbed
+                    copy_of(lake.name, tables)
                 case = Case(name, f"driver SIGKILL {when} the {table} commit")
                 log = logs / f"{name}-{table}-{when}.log"
                 started = time.monotonic()
                 case.exit_code = run_job(job, lake, log, {"ONCOLAKE_COMMIT_FAULT": f"{when}:{table}"})
                 case.injected = "fault injected" in log.read_text(errors="replace")
-                after_kill = lake_digest(spark, lake, (*INGEST_TABLES, *TILE_TABLES))
+                after_kill = lake_digest(spark, lake, all_tables)
                 problems = partial(expected, after_kill)
                 case.consistent_after_kill = not problems
                 case.rerun_exit = run_job(job, lake, log)
                 case.seconds = round(time.monotonic() - started, 1)
-                check = INGEST_TABLES if name == "ingest" else (*INGEST_TABLES, *TILE_TABLES)
+                check = all_tables[: all_tables.index(tables[-1]) + 1]
                 case.differences = problems + compare(
                     {t: expected[t] for t in check}, lake_digest(spark, lake, check)
                 )
@@ -234,6 +283,28 @@ def main(argv: list[str] | None = None) -> int:
                     f"re-run {case.rerun_exit}, consistent {case.consistent_after_kill}, equal {case.equal}",
                     flush=True,
                 )
+
+    # Two runs at once on one lakehouse: ingests on a fresh one, then score runs on a scored-nothing one.
+    for name, job, tables in (("ingest", ingest, INGEST_TABLES), ("score", score, SCORE_TABLES)):
+        lake = args.out / f"lake-{name}-twice"
+        if name != "ingest":
+            copy_of(lake.name, tables)
+        case = Case(name, "two runs at once", injected=True)
+        log = logs / f"{name}-twice.log"
+        started = time.monotonic()
+        codes = run_together(job, lake, log)
+        case.exit_code = max(codes)
+        problems = partial(expected, lake_digest(spark, lake, all_tables))
+        case.consistent_after_kill = not problems and all(code in (0, 75) for code in codes) and 0 in codes
+        case.rerun_exit = run_job(job, lake, log) if 75 in codes else 0  # the loser, run again
+        case.seconds = round(time.monotonic() - started, 1)
+        check = all_tables[: all_tables.index(tables[-1]) + 1]
+        case.differences = problems + compare(
+            {t: expected[t] for t in check}, lake_digest(spark, lake, check)
+        )
+        case.equal = not case.differences and case.rerun_exit == 0
+        cases.append(case)
+        print(f"kills: {name}: two at once: exits {codes}, equal {case.equal}", flush=True)
 
     rows = {t: len(v) for t, v in expected.items()}
     print(f"kills: reference ({reference_seconds:.0f} s): {rows}")

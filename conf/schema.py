@@ -231,6 +231,9 @@ class TrainSettings(Section):
     patience: int = Field(ge=1)
     # How the workers cooperate: Horovod (Gloo) or PyTorch DDP (Gloo) through Spark's TorchDistributor.
     backend: Literal["horovod", "torch_distributor"]
+    # How long a worker waits in a collective for a peer that stopped answering (hung, or its machine
+    # unreachable) before the run fails; a peer that died fails it at once.
+    peer_timeout_seconds: int = Field(ge=5)
     # Training processes; null means one per executor core (spark.default.parallelism).
     num_proc: int | None = Field(ge=1)
     # Petastorm decode threads per worker; null: from the cores the worker has (its share of the

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as refused:
         parser.exit(2, f"oncolake train: {refused}\n")
     except TrainingFailed as failed:
-        parser.exit(3, f"oncolake train: {failed}\n  cause: {str(failed.__cause__)[-2000:]}\n")
+        parser.exit(3, f"oncolake train: {failed}\n")
     return 0
 
 

@@ -10,7 +10,9 @@ instead of a hang.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from pyspark.sql import SparkSession
@@ -45,15 +47,35 @@ def run_workers(
 
     assert spark.sparkContext is not None  # horovod.spark.run uses the active context
     env = {**os.environ, "HOROVOD_GLOO_TIMEOUT_SECONDS": str(gloo_timeout_s)}
-    return horovod.spark.run(
-        fn,
-        args=args,
-        num_proc=num_proc,
-        start_timeout=start_timeout_s,
-        use_gloo=True,
-        env=env,
-        verbose=verbose,
-    )
+    with _quiet_cancelled_job():
+        return horovod.spark.run(
+            fn,
+            args=args,
+            num_proc=num_proc,
+            start_timeout=start_timeout_s,
+            use_gloo=True,
+            env=env,
+            verbose=verbose,
+        )
+
+
+@contextmanager
+def _quiet_cancelled_job() -> Iterator[None]:
+    """When a worker fails, Horovod cancels the Spark job holding its tasks, and the thread that waited
+    on that job dies printing the cancellation's Java stack trace; the run's own error says what
+    happened, so that one thread's trace is not printed (every other thread's still is)."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if "SPARK_JOB_CANCELLED" in str(args.exc_value) and "horovod" in str(args.exc_value):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def allreduce_probe(seed: int) -> dict[str, Any]:

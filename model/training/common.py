@@ -135,6 +135,7 @@ class TrainPlan:
     reader_workers: int | None
     resume: bool = False
     rule: SplitRule = BY_PATIENT
+    peer_timeout_s: int = 120
 
     @classmethod
     def build(
@@ -171,6 +172,7 @@ class TrainPlan:
             reader_workers=train.reader_workers,
             resume=resume,
             rule=data.rule,
+            peer_timeout_s=train.peer_timeout_seconds,
         )
 
     def learning_rate_at(self, step: int, peak: float) -> float:
@@ -201,6 +203,17 @@ def best_path(directory: str) -> Path:
 def epoch_log_path(directory: str) -> Path:
     """One JSON line per finished epoch, written by rank 0 after its checkpoint (the driver shows them)."""
     return Path(directory) / "epochs.jsonl"
+
+
+def failure_path(directory: str, rank: str) -> Path:
+    """Where a worker that failed leaves its error's first line, for the driver's message: on a cluster a
+    worker's output reaches only its executor's log (and TorchDistributor's error names no cause)."""
+    return Path(directory) / f"failed-rank-{rank}.txt"
+
+
+def failure_reports(directory: str) -> list[Path]:
+    """The :func:`failure_path` files the workers of the last attempt left."""
+    return sorted(Path(directory).glob(failure_path("", "*").name))
 
 
 def latest_checkpoint(directory: str) -> Path | None:

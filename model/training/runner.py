@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from core.tasks import TASKS, SplitRule, Task
-from model.training.common import TaskData, TrainPlan, latest_checkpoint, row_groups, task_data
+from model.training.common import (
+    TaskData,
+    TrainPlan,
+    failure_reports,
+    latest_checkpoint,
+    row_groups,
+    task_data,
+)
 
 
 class Refused(ValueError):
@@ -32,6 +39,37 @@ class TrainingFailed(RuntimeError):
 
 BACKENDS = ("horovod", "torch_distributor")
 
+_SIGNALS = {6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+
+
+def failure_summary(error: BaseException, plan: TrainPlan) -> str:
+    """What happened to the training processes, in one line, from either backend's error (Horovod's
+    launcher names the rank and exit code; TorchDistributor's barrier task the command and return code;
+    Gloo says when a peer stopped answering)."""
+    # What the workers that failed themselves saw (a peer gone, a timeout).
+    workers = "\n".join(path.read_text() for path in failure_reports(plan.checkpoint_dir))
+    text = f"{error}\n{workers}"
+
+    def by_signal(code: int) -> str:
+        number = -code if code < 0 else code - 128 if code > 128 else 0
+        return f"killed by {_SIGNALS.get(number, f'signal {number}')}" if number else f"exit code {code}"
+
+    horovod = re.search(r"Process name: (\S+)\s+Exit code: (-?\d+)", text)
+    if horovod:
+        return f"worker of rank {horovod.group(1)} {by_signal(int(horovod.group(2)))}"
+    torch = re.search(r"--node_rank=(\d+).*? failed with return code (-?\d+)", text)
+    if torch:
+        return f"worker of rank {torch.group(1)} {by_signal(int(torch.group(2)))}"
+    if re.search(r"[Tt]imed out|timeout", text):
+        return (
+            f"a peer stopped answering for {plan.peer_timeout_s} s (train.peer_timeout_seconds): hung, "
+            "or its executor lost"
+        )
+    if re.search(r"Connection (reset|closed)|Broken pipe", text):
+        return "a peer's connection closed (its process died)"
+    lines = [line.strip() for line in text.splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
+    return lines[-1][:300] if lines else type(error).__name__
+
 
 def run_training(spark: Any, backend: str, plan: TrainPlan, num_proc: int) -> dict[str, Any]:
     """Rank 0's result of :func:`model.training.worker.train_loop` in ``num_proc`` processes of
@@ -42,7 +80,7 @@ def run_training(spark: Any, backend: str, plan: TrainPlan, num_proc: int) -> di
     if backend == "horovod":
         from model.training.worker import train_worker
 
-        return run_workers(spark, train_worker, num_proc, (plan,))[0]
+        return run_workers(spark, train_worker, num_proc, (plan,), gloo_timeout_s=plan.peer_timeout_s)[0]
     if backend == "torch_distributor":
         from model.training.torch_backend import torch_worker
 
@@ -183,12 +221,14 @@ def fit_task(
             latest = latest_checkpoint(str(directory))
             done = int(latest.stem.split("-")[1]) if latest else 0
             print(f"train: resuming after epoch {done} from {latest.name if latest else 'the start'}")
+        for stale in failure_reports(str(directory)):  # an earlier attempt's
+            stale.unlink()
         try:
             with EpochLog(directory, plan.epochs):
                 state = run_training(spark, backend, plan, num_proc)
         except Exception as error:  # a killed process fails the whole stage (barrier: no retry)
             raise TrainingFailed(
-                f"{task.name}: the {backend} training processes failed ({type(error).__name__}); "
+                f"{task.name}: the {backend} training processes failed: {failure_summary(error, plan)}; "
                 f"the epochs done are checkpointed: continue with --resume {run.info.run_id}"
             ) from error
         if len(state["history"]) < plan.epochs:

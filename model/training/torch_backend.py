@@ -76,4 +76,4 @@ class TorchCollective:
 
 def torch_worker(plan: TrainPlan) -> dict[str, Any]:
     """One process's training run (:func:`train_loop` over a :class:`TorchCollective`)."""
-    return run_in_group(plan, TorchCollective)
+    return run_in_group(plan, lambda: TorchCollective(plan.peer_timeout_s))

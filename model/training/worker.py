@@ -28,6 +28,7 @@ from model.training.common import (
     best_path,
     checkpoint_path,
     epoch_log_path,
+    failure_path,
     latest_checkpoint,
     validation_logits,
 )
@@ -370,8 +371,14 @@ def run_in_group(plan: TrainPlan, join: Callable[[], Collective]) -> dict[str, A
     from core.quiet import quiet
 
     quiet()
-    group = join()
-    result = train_loop(plan, group)
+    try:
+        group = join()
+        result = train_loop(plan, group)
+    except Exception as error:
+        rank = os.environ.get("HOROVOD_RANK", os.environ.get("RANK", "unknown"))
+        first = (str(error).strip().splitlines() or [""])[0]
+        failure_path(plan.checkpoint_dir, rank).write_text(f"{type(error).__name__}: {first[:500]}\n")
+        raise
     group.close()  # not on failure: the run fails anyway, and a shutdown could wait on a dead peer
     return result
 

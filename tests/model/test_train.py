@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -223,57 +225,85 @@ def test_a_network_that_cannot_take_the_tile_size_is_refused_before_any_spark_wo
     assert not (tmp_path / "no-lake").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def _worker_of_rank(root: int, backend: str, rank: str) -> psutil.Process | None:
+    """The training process of ``rank`` among ``root``'s descendants (the executors' task processes)."""
+    for child in psutil.Process(root).children(recursive=True):
+        try:
+            command, env = " ".join(child.cmdline()), child.environ()
+        except psutil.Error:
+            continue
+        if backend == "horovod" and "gloo_exec_fn" in command and env.get("HOROVOD_RANK") == rank:
+            return child
+        wrappers = ("torch_run_process_wrapper", "torch.distributed.run")  # Spark's, and torchrun
+        if (
+            backend == "torch_distributor"
+            and env.get("RANK") == rank
+            and command.endswith("train.py")
+            and not any(wrapper in command for wrapper in wrappers)
+        ):
+            return child  # the process torchrun started
+    return None
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["horovod", "torch_distributor"])
-def test_a_killed_training_resumes_from_its_last_checkpoint(
-    tiles: Settings, oncolake, tmp_path: Path, backend: str
+@pytest.mark.parametrize(
+    ("backend", "fault"),
+    [("horovod", "SIGKILL"), ("torch_distributor", "SIGKILL"), ("torch_distributor", "SIGSTOP")],
+)
+def test_a_worker_killed_or_hung_mid_epoch_fails_the_run_and_resume_completes_it(
+    tiles: Settings, oncolake, tmp_path: Path, backend: str, fault: str
 ) -> None:
-    """``oncolake train`` with two processes on two executor JVMs (local-cluster), under each backend,
-    killed (driver, JVMs and workers) after its first epoch; ``--resume`` finishes and registers it."""
-    import contextlib
-    import os
-    import re
+    """``oncolake train`` with two processes on two executor JVMs (local-cluster): the worker of rank 1
+    is killed (SIGKILL) or hung (SIGSTOP) during the second epoch. The run fails with exit 3 and a
+    message naming what happened (a hung peer: after ``train.peer_timeout_seconds``), the first epoch's
+    checkpoint kept; ``--resume`` finishes every epoch and registers the model, losing at most the epoch
+    that was running."""
     import signal
     import subprocess
     import sys
-
-    import psutil
+    import time
 
     lake = Path(tiles.lakehouse.root)
     args = ["train", "--config", "tiny", "--task", TASK.name, "--set", f"lakehouse.root={lake}"]
     args += ["--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
-    # Epochs of the tiny corpus take seconds: enough of them that the kill lands mid-run.
-    epochs = 8
+    epochs, timeout = 6, 20  # epochs of the tiny corpus take seconds: the fault lands mid-run
     args += ["--set", "train.model_prefix=kill-test-", "--set", f"train.epochs={epochs}"]
-    args += ["--set", f"train.patience={epochs + 1}"]
+    args += ["--set", f"train.patience={epochs + 1}", "--set", f"train.peer_timeout_seconds={timeout}"]
     args += ["--set", "spark.master=local-cluster[2,1,1024]", "--set", f"train.backend={backend}"]
     args += ["--set", "train.num_proc=2"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: the kill takes the JVM and the workers too
+        [sys.executable, "-m", "jobs.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert process.stdout is not None
-    run_id, doomed, seen = None, None, []
-    for line in process.stdout:
-        seen.append(line)
-        found = re.search(r"--resume (\w+)", line)
-        run_id = found.group(1) if found else run_id
-        if f"train: epoch 1/{epochs} loss" in line:
-            # Everything under the driver: Spark's Python workers leave its process group (PySpark's
-            # daemon makes its own), and a surviving Horovod worker would go on writing checkpoints.
-            doomed = psutil.Process(process.pid).children(recursive=True)
-            os.killpg(process.pid, signal.SIGKILL)
-            for child in doomed:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
-            break
-    process.wait(timeout=120)
-    assert doomed is not None, "the first epoch never ended:\n" + "".join(seen[-40:])
-    psutil.wait_procs(doomed, timeout=60)
-    assert run_id is not None
+    run_id, victim, faulted_at, seen = None, None, 0.0, []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            found = re.search(r"--resume (\w+)", line)
+            run_id = found.group(1) if found and run_id is None else run_id
+            if victim is None and f"train: epoch 1/{epochs} loss" in line:
+                victim = _worker_of_rank(process.pid, backend, "1")
+                assert victim is not None, "no worker of rank 1 among the job's processes"
+                victim.send_signal(getattr(signal, fault))
+                faulted_at = time.monotonic()
+        process.wait(timeout=120)
+        failed_after = time.monotonic() - faulted_at
+    finally:
+        if victim is not None and victim.is_running():  # a stopped worker outlives its run: end it
+            victim.kill()
+        if process.poll() is None:
+            process.kill()
+    output = "".join(seen)
+    assert victim is not None, "the first epoch never ended:\n" + output[-3000:]
+    assert process.returncode == 3, output[-3000:]
+    failure = next(line for line in seen if line.startswith("oncolake train:"))
+    if fault == "SIGKILL":
+        assert "worker of rank 1 killed by SIGKILL" in failure or "connection closed" in failure, failure
+        assert failed_after < timeout, failure  # a dead peer fails the run at once, not at the timeout
+    else:
+        assert f"stopped answering for {timeout} s (train.peer_timeout_seconds)" in failure, failure
+        assert timeout <= failed_after < timeout + 90, failure
+    assert run_id is not None and f"--resume {run_id}" in failure
     checkpoints = lake / "checkpoints" / run_id
     done = sorted(p.name for p in checkpoints.glob("epoch-*.pt"))
     assert done and done[0] == "epoch-001.pt" and len(done) < epochs
