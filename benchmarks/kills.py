@@ -7,8 +7,9 @@ score`` with a model ``oncolake train`` registered once, each its own process, o
 ``local-cluster[2,1,1536]``: two executor JVMs as on any real cluster) four ways:
 
 - **undisturbed**, the reference;
-- **an executor killed**: while the job's tasks run (its executors' Python workers are decoding or
-  tiling), one executor JVM gets SIGKILL; Spark re-runs its tasks (the master starts a new executor);
+- **an executor killed**: while the job's tasks run (its executors' Python workers are decoding,
+  tiling or scoring; for ``oncolake stream --once``, while a batch of a drop folder's images is landed and
+  scored), one executor JVM gets SIGKILL; Spark re-runs its tasks (the master starts a new executor);
   the job must finish with exit 0;
 - **the driver killed at a commit**, for every table the job writes and every point
   (``pipelines.io.COMMIT_FAULT_ENV``): ``before`` the write starts, ``during`` it (0.2 s in: data files
@@ -50,10 +51,13 @@ KEYS = {
     "quarantine": "quarantine_id",
     "tiles": "tile_id",
     "predictions": "prediction_id",
+    "landing_images": "image_id",
+    "landing_tiles": "tile_id",
 }
 INGEST_TABLES = ("quarantine", "annotations", "images")
 TILE_TABLES = ("tiles",)
 SCORE_TABLES = ("predictions",)
+STREAM_TABLES = ("quarantine", "landing_images", "landing_tiles", "predictions")
 TASK = "histo_benign_vs_malignant"
 SECRET = "kills-benchmark-secret"
 
@@ -222,11 +226,28 @@ def main(argv: list[str] | None = None) -> int:
     assert run_job(train, reference, logs / "reference.log") == 0  # the model every score run applies
     assert run_job(score, reference, logs / "reference.log") == 0
     reference_seconds = time.monotonic() - started
+    # The stream scores with champions: the trained version is made one (the benchmark's set-up, not a
+    # promotion), and a drop folder of new images is streamed once into a copy of the reference.
+    from mlflow import MlflowClient
+
+    uri = TRACKING[1].split("=", 1)[1]
+    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(
+        f"kills-{TASK}", "champion", "1"
+    )
+    import synth.landing
+
+    drop = args.out / "drop"
+    synth.landing.generate(drop, 24, seed=5)
+    stream = ["stream", "--once", "--images", str(drop), "--set", f"train.tasks=[{TASK}]"]
+    stream_reference = args.out / "lake-stream-reference"
+    shutil.copytree(reference, stream_reference, ignore=shutil.ignore_patterns("_locks"))
+    assert run_job(stream, stream_reference, logs / "reference.log") == 0
     all_tables = (*INGEST_TABLES, *TILE_TABLES, *SCORE_TABLES)
 
     settings = load_settings("tiny", [f"lakehouse.root={reference}", "spark.master=local[2]"])
     spark = build_spark(settings, "kills")
     expected = lake_digest(spark, reference, all_tables)
+    expected_stream = lake_digest(spark, stream_reference, STREAM_TABLES)
     cases: list[Case] = []
 
     def copy_of(name: str, without: tuple[str, ...]) -> Path:
@@ -252,6 +273,21 @@ def main(argv: list[str] | None = None) -> int:
         tables = {"ingest": INGEST_TABLES, "tile": TILE_TABLES, "score": SCORE_TABLES}[case.job]
         case.differences = compare({t: expected[t] for t in tables}, got)
         case.equal = not case.differences and case.exit_code == 0
+
+    # An executor JVM killed while the stream lands and scores a batch.
+    lake = args.out / "lake-stream-executor"
+    shutil.copytree(reference, lake, ignore=shutil.ignore_patterns("_locks"))
+    case = Case("stream", "executor SIGKILL")
+    killer = ExecutorKiller()
+    killer.start()
+    started = time.monotonic()
+    case.exit_code = run_job(stream, lake, logs / "executor.log")
+    killer.stop()
+    case.seconds = round(time.monotonic() - started, 1)
+    case.injected = killer.killed is not None
+    case.differences = compare(expected_stream, lake_digest(spark, lake, STREAM_TABLES))
+    case.equal = not case.differences and case.exit_code == 0
+    cases.append(case)
 
     # The driver killed at every write of every table, before, during and after its commit.
     points = [p for p in args.points.split(",") if p]
@@ -307,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kills: {name}: two at once: exits {codes}, equal {case.equal}", flush=True)
 
     rows = {t: len(v) for t, v in expected.items()}
+    rows.update({f"{t} (stream)": len(v) for t, v in expected_stream.items()})
     print(f"kills: reference ({reference_seconds:.0f} s): {rows}")
     print(f"{'job':7} {'fault':45} {'injected':>8} {'exit':>5} {'re-run':>6} {'consistent':>10} {'equal':>6}")
     for c in cases:
