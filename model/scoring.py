@@ -268,10 +268,12 @@ def _score_task(
     path = settings.lakehouse.table("predictions")
     predictions = read_table(spark, path) if table_exists(spark, path) else None
     candidates = scoring.of_modality(images, modality).select("image_id")
-    # Checkpointed, not cached: the MERGE below invalidates cached plans that read ``predictions``,
-    # and recomputing this one after it would find nothing left to score.
-    todo = scoring.unscored(candidates, predictions, model).localCheckpoint()
-    pending = todo.count()
+    # The ids to score, held on the driver (ids only): not cached, since the MERGE below invalidates
+    # cached plans that read ``predictions`` and recomputing this one after it would find nothing left to
+    # score; not a local checkpoint either, whose blocks live on the executors and are lost with one.
+    ids = [row["image_id"] for row in scoring.unscored(candidates, predictions, model).collect()]
+    todo = spark.createDataFrame([(image_id,) for image_id in ids], "image_id string")
+    pending = len(ids)
     if counts:
         done = candidates.count() - pending
         summary.already_scored += done
