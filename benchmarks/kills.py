@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--points", default="before,during,after", help="driver kill points to try")
+    parser.add_argument("--jobs", default="ingest,tile,score,stream", help="the jobs whose cases run")
     args = parser.parse_args(argv)
 
     import synth
@@ -259,9 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(reference, lake, ignore=shutil.ignore_patterns(*without, "_locks"))
         return lake
 
-    # An executor JVM killed while the tasks run: ingest, tile, then score.
+    chosen = set(args.jobs.split(","))
+    tables_of = {"ingest": INGEST_TABLES, "tile": TILE_TABLES, "score": SCORE_TABLES}
+    # An executor JVM killed while the tasks run: ingest, tile, then score (each on what the one before
+    # wrote, or on the reference's tables when the one before is not chosen).
+    batch = [(n, j) for n, j in (("ingest", ingest), ("tile", tile), ("score", score)) if n in chosen]
     lake = args.out / "lake-executor"
-    for name, job in (("ingest", ingest), ("tile", tile), ("score", score)):
+    if batch and batch[0][0] != "ingest":
+        copy_of(lake.name, tuple(t for n, _ in batch for t in tables_of[n]))
+    for name, job in batch:
         case = Case(name, "executor SIGKILL")
         killer = ExecutorKiller()
         killer.start()
@@ -273,29 +280,32 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(case)
     got = lake_digest(spark, lake, all_tables)
     for case in cases:
-        tables = {"ingest": INGEST_TABLES, "tile": TILE_TABLES, "score": SCORE_TABLES}[case.job]
+        tables = tables_of[case.job]
         case.differences = compare({t: expected[t] for t in tables}, got)
         case.equal = not case.differences and case.exit_code == 0
 
     # An executor JVM killed while the stream lands and scores a batch.
-    lake = args.out / "lake-stream-executor"
-    shutil.copytree(reference, lake, ignore=shutil.ignore_patterns("_locks"))
-    case = Case("stream", "executor SIGKILL")
-    killer = ExecutorKiller()
-    killer.start()
-    started = time.monotonic()
-    case.exit_code = run_job(stream, lake, logs / "executor.log")
-    killer.stop()
-    case.seconds = round(time.monotonic() - started, 1)
-    case.injected = killer.killed is not None
-    case.differences = compare(expected_stream, lake_digest(spark, lake, STREAM_TABLES))
-    case.equal = not case.differences and case.exit_code == 0
-    cases.append(case)
+    if "stream" in chosen:
+        lake = args.out / "lake-stream-executor"
+        shutil.copytree(reference, lake, ignore=shutil.ignore_patterns("_locks"))
+        case = Case("stream", "executor SIGKILL")
+        killer = ExecutorKiller()
+        killer.start()
+        started = time.monotonic()
+        case.exit_code = run_job(stream, lake, logs / "executor.log")
+        killer.stop()
+        case.seconds = round(time.monotonic() - started, 1)
+        case.injected = killer.killed is not None
+        case.differences = compare(expected_stream, lake_digest(spark, lake, STREAM_TABLES))
+        case.equal = not case.differences and case.exit_code == 0
+        cases.append(case)
 
     # The driver killed at every write of every table, before, during and after its commit.
     points = [p for p in args.points.split(",") if p]
     jobs = (("ingest", ingest, INGEST_TABLES), ("tile", tile, TILE_TABLES), ("score", score, SCORE_TABLES))
     for name, job, tables in jobs:
+        if name not in chosen:
+            continue
         for table in tables:
             for when in points:
                 lake = args.out / f"lake-{name}-{table}-{when}"
@@ -325,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Two runs at once on one lakehouse: ingests on a fresh one, then score runs on a scored-nothing one.
     for name, job, tables in (("ingest", ingest, INGEST_TABLES), ("score", score, SCORE_TABLES)):
+        if name not in chosen:
+            continue
         lake = args.out / f"lake-{name}-twice"
         if name != "ingest":
             copy_of(lake.name, tables)
