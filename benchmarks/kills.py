@@ -143,6 +143,20 @@ class ExecutorKiller(threading.Thread):
                     return
 
 
+def with_executor_killed(name: str, argv: list[str], lake: Path, log: Path) -> Case:
+    """Run a job while an :class:`ExecutorKiller` watches: the case with its exit code and whether a kill
+    was injected (its tables are compared by the caller)."""
+    case = Case(name, "executor SIGKILL")
+    killer = ExecutorKiller()
+    killer.start()
+    started = time.monotonic()
+    case.exit_code = run_job(argv, lake, log)
+    killer.stop()
+    case.seconds = round(time.monotonic() - started, 1)
+    case.injected = killer.killed is not None
+    return case
+
+
 def table_digest(spark: Any, path: Path, key: str) -> dict[str, str]:
     """``key -> digest`` of each row: every column but timestamps, binary columns by their SHA-256."""
     from pyspark.sql import functions as F
@@ -269,15 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if batch and batch[0][0] != "ingest":
         copy_of(lake.name, tuple(t for n, _ in batch for t in tables_of[n]))
     for name, job in batch:
-        case = Case(name, "executor SIGKILL")
-        killer = ExecutorKiller()
-        killer.start()
-        started = time.monotonic()
-        case.exit_code = run_job(job, lake, logs / "executor.log")
-        killer.stop()
-        case.seconds = round(time.monotonic() - started, 1)
-        case.injected = killer.killed is not None
-        cases.append(case)
+        cases.append(with_executor_killed(name, job, lake, logs / "executor.log"))
     got = lake_digest(spark, lake, all_tables)
     for case in cases:
         tables = tables_of[case.job]
@@ -288,14 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if "stream" in chosen:
         lake = args.out / "lake-stream-executor"
         shutil.copytree(reference, lake, ignore=shutil.ignore_patterns("_locks"))
-        case = Case("stream", "executor SIGKILL")
-        killer = ExecutorKiller()
-        killer.start()
-        started = time.monotonic()
-        case.exit_code = run_job(stream, lake, logs / "executor.log")
-        killer.stop()
-        case.seconds = round(time.monotonic() - started, 1)
-        case.injected = killer.killed is not None
+        case = with_executor_killed("stream", stream, lake, logs / "executor.log")
         case.differences = compare(expected_stream, lake_digest(spark, lake, STREAM_TABLES))
         case.equal = not case.differences and case.exit_code == 0
         cases.append(case)
