@@ -299,6 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         case.equal = not case.differences and case.exit_code == 0
         cases.append(case)
 
+    def judged(case: Case, problems: list[str], lake: Path, tables: tuple[str, ...]) -> Case:
+        """The case with its end state compared to the reference: the job's tables and those before."""
+        check = all_tables[: all_tables.index(tables[-1]) + 1]
+        case.differences = problems + compare(
+            {t: expected[t] for t in check}, lake_digest(spark, lake, check)
+        )
+        case.equal = not case.differences and case.rerun_exit == 0
+        return case
+
     # The driver killed at every write of every table, before, during and after its commit.
     points = [p for p in args.points.split(",") if p]
     jobs = (("ingest", ingest, INGEST_TABLES), ("tile", tile, TILE_TABLES), ("score", score, SCORE_TABLES))
@@ -320,12 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 case.consistent_after_kill = not problems
                 case.rerun_exit = run_job(job, lake, log)
                 case.seconds = round(time.monotonic() - started, 1)
-                check = all_tables[: all_tables.index(tables[-1]) + 1]
-                case.differences = problems + compare(
-                    {t: expected[t] for t in check}, lake_digest(spark, lake, check)
-                )
-                case.equal = not case.differences and case.rerun_exit == 0
-                cases.append(case)
+                cases.append(judged(case, problems, lake, tables))
                 print(
                     f"kills: {name}: {case.fault}: injected {case.injected}, exit {case.exit_code}, "
                     f"re-run {case.rerun_exit}, consistent {case.consistent_after_kill}, equal {case.equal}",
@@ -348,12 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         case.consistent_after_kill = not problems and all(code in (0, 75) for code in codes) and 0 in codes
         case.rerun_exit = run_job(job, lake, log) if 75 in codes else 0  # the loser, run again
         case.seconds = round(time.monotonic() - started, 1)
-        check = all_tables[: all_tables.index(tables[-1]) + 1]
-        case.differences = problems + compare(
-            {t: expected[t] for t in check}, lake_digest(spark, lake, check)
-        )
-        case.equal = not case.differences and case.rerun_exit == 0
-        cases.append(case)
+        cases.append(judged(case, problems, lake, tables))
         print(f"kills: {name}: two at once: exits {codes}, equal {case.equal}", flush=True)
 
     rows = {t: len(v) for t, v in expected.items()}
