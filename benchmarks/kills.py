@@ -257,8 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     drop = args.out / "drop"
     synth.landing.generate(drop, 24, seed=5)
     stream = ["stream", "--once", "--images", str(drop), "--set", f"train.tasks=[{TASK}]"]
-    stream_reference = args.out / "lake-stream-reference"
-    shutil.copytree(reference, stream_reference, ignore=shutil.ignore_patterns("_locks"))
+
+    def copy_of(name: str, without: tuple[str, ...]) -> Path:
+        """The reference lakehouse without the tables a job is about to write (and no locks)."""
+        lake = args.out / name
+        shutil.copytree(reference, lake, ignore=shutil.ignore_patterns(*without, "_locks"))
+        return lake
+
+    stream_reference = copy_of("lake-stream-reference", ())
     assert run_job(stream, stream_reference, logs / "reference.log") == 0
     all_tables = (*INGEST_TABLES, *TILE_TABLES, *SCORE_TABLES)
 
@@ -267,12 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     expected = lake_digest(spark, reference, all_tables)
     expected_stream = lake_digest(spark, stream_reference, STREAM_TABLES)
     cases: list[Case] = []
-
-    def copy_of(name: str, without: tuple[str, ...]) -> Path:
-        """The reference lakehouse without the tables a job is about to write (and no locks)."""
-        lake = args.out / name
-        shutil.copytree(reference, lake, ignore=shutil.ignore_patterns(*without, "_locks"))
-        return lake
 
     chosen = set(args.jobs.split(","))
     tables_of = {"ingest": INGEST_TABLES, "tile": TILE_TABLES, "score": SCORE_TABLES}
@@ -292,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # An executor JVM killed while the stream lands and scores a batch.
     if "stream" in chosen:
-        lake = args.out / "lake-stream-executor"
-        shutil.copytree(reference, lake, ignore=shutil.ignore_patterns("_locks"))
+        lake = copy_of("lake-stream-executor", ())
         case = with_executor_killed("stream", stream, lake, logs / "executor.log")
         case.differences = compare(expected_stream, lake_digest(spark, lake, STREAM_TABLES))
         case.equal = not case.differences and case.exit_code == 0

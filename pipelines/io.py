@@ -193,10 +193,8 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     """
     if DeltaTable.isDeltaTable(spark, path):
         return True
-    jvm: Any = spark.sparkContext._jvm
-    log = jvm.org.apache.hadoop.fs.Path(path.rstrip("/") + "/_delta_log")
-    fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    commits = fs.globStatus(jvm.org.apache.hadoop.fs.Path(log, "*.{json,parquet}"))
+    fs, commit_files = hadoop_path(spark, path.rstrip("/") + "/_delta_log/*.{json,parquet}")
+    commits = fs.globStatus(commit_files)
     if commits is None or len(commits) == 0:
         return False
     DeltaTable.forPath(spark, path).history(1).collect()  # refreshes the cached snapshot

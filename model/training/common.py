@@ -133,9 +133,9 @@ class TrainPlan:
     augmentation: Augmentation
     seed: int
     reader_workers: int | None
+    peer_timeout_s: int
     resume: bool = False
     rule: SplitRule = BY_PATIENT
-    peer_timeout_s: int = 120
 
     @classmethod
     def build(

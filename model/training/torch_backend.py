@@ -16,13 +16,13 @@ from typing import Any
 from model.training.common import TrainPlan
 from model.training.worker import run_in_group
 
-GLOO_TIMEOUT_S = 120  # how long a collective waits for a missing peer before the run fails
-
 
 class TorchCollective:
     """:class:`model.training.worker.Collective` over ``torch.distributed`` (Gloo)."""
 
-    def __init__(self, timeout_s: int = GLOO_TIMEOUT_S) -> None:
+    def __init__(self, timeout_s: int) -> None:
+        """``timeout_s``: how long a collective waits for a missing peer before the run fails
+        (``train.peer_timeout_seconds``)."""
         import torch.distributed as dist
 
         # torchrun set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for this process.
