@@ -121,13 +121,13 @@ class ExecutorKiller(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.killed: int | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._halt.wait(0.2):
             for process in psutil.Process().children(recursive=True):
                 try:
                     if "CoarseGrainedExecutorBackend" not in " ".join(process.cmdline()):

@@ -28,6 +28,7 @@ from pyspark.sql import SparkSession
 from conf import CONF_DIR, Settings
 from conf.schema import SECRET_KEY
 from core.quiet import QUIET_ENV, quiet
+from pipelines.io import hadoop_path
 
 quiet()
 
@@ -105,6 +106,8 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         # (50 by default): on a small cluster and a log of a few hundred files each such job was mostly
         # task overhead, a third of a streaming micro-batch's time on 2 cores. Up to 50, as the shuffles.
         "spark.databricks.delta.snapshotPartitions": str(min(settings.spark.shuffle_partitions, 50)),
+        # A reliable checkpoint (see build_spark) is deleted once the frame that made it is gone.
+        "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
         **_delta_conf(),
     }
     log4j = CONF_DIR / "log4j2.properties"
@@ -160,7 +163,24 @@ def build_spark(settings: Settings, app: str) -> SparkSession:
     with _properties_file(hidden):
         spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
+    if not _one_jvm(spark.sparkContext.master):
+        # Executors are processes that can be lost: a frame whose lineage is cut (pipelines.io.materialise)
+        # is written here, beside the tables, not kept in the executors' block managers, where a lost
+        # executor takes it with it. Removed when the job stops (stop_spark); the cleaner removes a
+        # checkpoint once nothing refers to it.
+        spark.sparkContext.setCheckpointDir(checkpoint_dir(settings, spark.sparkContext.applicationId))
     return spark
+
+
+def _one_jvm(master: str) -> bool:
+    """Driver and executor are one JVM (``local``, ``local[N]``, ``local[N,F]``), not ``local-cluster``."""
+    return master == "local" or master.startswith("local[")
+
+
+def checkpoint_dir(settings: Settings, application_id: str) -> str:
+    """Where an application on a cluster (or ``local-cluster``) writes its reliable checkpoints: under
+    the lakehouse root (``_spark_checkpoints/<application id>``), which every executor can reach."""
+    return f"{settings.lakehouse.root.rstrip('/')}/_spark_checkpoints/{application_id}"
 
 
 @contextlib.contextmanager
@@ -206,5 +226,11 @@ def stop_spark() -> None:
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
+    if active is None:
+        return
+    folder = active.sparkContext.getCheckpointDir()  # <checkpoint_dir>/<a random name Spark chose>
+    if folder:
+        fs, path = hadoop_path(active, folder)
+        ours = path.getParent()
+        fs.delete(ours if ours.getName() == active.sparkContext.applicationId else path, True)
+    active.stop()

@@ -33,6 +33,8 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from pipelines.io import materialise
+
 EPS = 1e-10
 """Probabilities are clipped from below at this value before any logarithm (as crowd-kit's ``_EPS``)."""
 
@@ -119,14 +121,6 @@ def majority_vote(reports: DataFrame, classes: Sequence[str]) -> DataFrame:
     counts = [F.sum((F.col("label") == k).cast("double")).alias(k) for k in classes]
     shares = [(F.col(k) / F.col("_n")).alias(posterior_column(k)) for k in classes]
     return reports.groupBy("image_id").agg(F.count("*").alias("_n"), *counts).select("image_id", *shares)
-
-
-def _materialise(frame: DataFrame) -> DataFrame:
-    """Cut the frame's lineage: a reliable checkpoint where the session has a checkpoint directory (a
-    cluster: survives a lost executor), else a local one."""
-    if frame.sparkSession.sparkContext.getCheckpointDir():
-        return frame.checkpoint()
-    return frame.localCheckpoint()
 
 
 def _log_rows(spark: SparkSession, errors: dict[str, np.ndarray], classes: Sequence[str]) -> DataFrame:
@@ -253,7 +247,7 @@ def dawid_skene(
         The posteriors, confusion matrices and priors, with the number of iterations run.
     """
     classes = tuple(classes)
-    reports = _materialise(reports.select("image_id", "reporter", "label"))
+    reports = materialise(reports.select("image_id", "reporter", "label"))
     per_reader = {
         r["reporter"]: int(r["n"]) for r in reports.groupBy("reporter").agg(F.count("*").alias("n")).collect()
     }
@@ -275,7 +269,7 @@ def dawid_skene(
             break
         previous = elbo[-1]
     # The posteriors of the last E-step (crowd-kit's ``probas_``), materialised once.
-    posteriors = _materialise(e_step(reports, *used, classes))
+    posteriors = materialise(e_step(reports, *used, classes))
     return DawidSkeneResult(classes, posteriors, errors, priors, per_reader, iterations, converged, elbo)
 
 

@@ -28,7 +28,7 @@ from conf import Settings
 from core.ids import stable_id, stable_id_sql
 from core.quiet import quiet
 from pipelines.consensus import dawid_skene, latest_reports, majority_vote, merge_marks, posterior_column
-from pipelines.io import current_version, merge_into, read_table, table_exists
+from pipelines.io import current_version, materialise, merge_into, read_table, table_exists
 from pipelines.pseudonym import path_key
 from pipelines.reports import CLASSES, SOURCE, known_images
 
@@ -243,12 +243,12 @@ def build_consensus(
         return summary
     expert = annotations.where(F.col("source") == SOURCE)
     reports = expert.select("report_id", "image_id", "reporter", "label", "reported_at").distinct()
-    latest = latest_reports(reports).localCheckpoint()
+    latest = materialise(latest_reports(reports))
     images = known_images(spark, settings)
     if images is None:
         return summary
     modalities = images.select("image_id", "modality", "height", "width", "source_key")
-    with_modality = latest.join(modalities.select("image_id", "modality"), "image_id").localCheckpoint()
+    with_modality = materialise(latest.join(modalities.select("image_id", "modality"), "image_id"))
     summary.reports = with_modality.count()
     summary.readers = with_modality.select("reporter").distinct().count()
     truth_frame = truth_by_image(spark, modalities, truth) if truth else None
@@ -259,7 +259,7 @@ def build_consensus(
         .join(modalities.select("image_id", "height", "width"), "image_id")
         .select("image_id", "reporter", "label", "geometry_kind", "geometry", "height", "width")
     )
-    findings = consensus_findings(marks, options.mark_iou).localCheckpoint()
+    findings = materialise(consensus_findings(marks, options.mark_iou))
 
     metadata = {"job": "consensus", "config": settings.public_dict(), "annotations_version": version}
     written: list[DataFrame] = []
@@ -282,7 +282,7 @@ def build_consensus(
                 ]
             else:
                 posteriors = majority_vote(rows, classes)
-            decided = _decide(posteriors, classes).localCheckpoint()
+            decided = materialise(_decide(posteriors, classes))
             figures.labels = {r["label"]: int(r["count"]) for r in decided.groupBy("label").count().collect()}
             figures.images = sum(figures.labels.values())
             if truth_frame is not None:

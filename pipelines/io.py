@@ -377,6 +377,15 @@ def hadoop_path(spark: SparkSession, name: str) -> tuple[Any, Any]:
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
 
 
+def materialise(frame: DataFrame) -> DataFrame:
+    """``frame`` computed once and its lineage cut: a reliable checkpoint where the session has a
+    checkpoint directory (``jobs.session.build_spark`` sets one wherever executors are their own
+    processes: it survives a lost executor), else a local one (driver and executor are one JVM)."""
+    if frame.sparkSession.sparkContext.getCheckpointDir():
+        return frame.checkpoint()
+    return frame.localCheckpoint()
+
+
 def set_table_properties(spark: SparkSession, path: str, wanted: Mapping[str, str]) -> dict[str, str]:
     """Set the table properties of ``wanted`` that differ from the table's (one ``ALTER TABLE`` commit,
     none when all match). Returns the properties changed."""
