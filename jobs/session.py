@@ -163,7 +163,7 @@ def build_spark(settings: Settings, app: str) -> SparkSession:
     with _properties_file(hidden):
         spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark.log_level)
-    if not _one_jvm(spark.sparkContext.master):
+    if not _one_jvm(spark.sparkContext.master or settings.spark.master):
         # Executors are processes that can be lost: a frame whose lineage is cut (pipelines.io.materialise)
         # is written here, beside the tables, not kept in the executors' block managers, where a lost
         # executor takes it with it. Removed when the job stops (stop_spark); the cleaner removes a
