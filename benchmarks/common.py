@@ -152,13 +152,13 @@ def build_tiles(
     downscale: float | None,
     seed: int,
     collections: Iterable[str],
-    files_per_group: int = 1,
+    files_per_group: int | None = None,
 ) -> float:
     """Synthetic corpus -> ingest -> tiles table, for ``collections`` only. Returns seconds.
 
     The ingest job's library function (:func:`pipelines.collections.ingest_collections`) and the tile
     job's (:func:`pipelines.tiles.tile_images`, in its layout: ``files_per_group`` files per split and
-    modality).
+    modality; ``None``: the job's own choice).
     """
     started = time.perf_counter()
     corpus = work / "corpus"

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ingest.py [--sizes 250 500 1000 2000 4000] [--cores 2] [--downscale 16]
     .venv/bin/python benchmarks/ingest.py --executors 2 [--memory-mb 5120] [--sizes 1000 2000 4000]
+    (either with --corpora DIR: generated corpora are kept there and reused by later runs)
 
 For each corpus size it generates a synthetic corpus, then runs, in the same process and on the same
 files: (a) the Spark path (the library functions of ``oncolake ingest`` then ``oncolake tile`` on
@@ -33,7 +34,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import PeakMemory, is_jvm
 
-import synth
 from conf import load_settings
 from jobs.session import build_spark
 from pipelines import decode, ingest, tiles
@@ -41,6 +41,7 @@ from pipelines.collections import ingest_collections
 from pipelines.io import read_table
 from pipelines.pseudonym import DEMO_SECRET
 from pipelines.sources import SOURCES
+from synth.corpus import ensure_corpus
 
 # The driver JVM is Spark's launcher (SparkSubmit), on local[N] the only JVM; executors are their own JVMs.
 MEMORY_GROUPS = {
@@ -114,6 +115,11 @@ def main() -> None:
         "--executors", type=int, default=0, help="local-cluster executor JVMs (0: local[cores], one JVM)"
     )
     parser.add_argument("--memory-mb", type=int, default=5120, help="memory of each executor JVM")
+    parser.add_argument(
+        "--corpora",
+        type=Path,
+        help="keep the generated corpora here and reuse them on later runs (default: generated and deleted)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="oncolake-bench-"))
     cluster = args.executors > 0
@@ -131,8 +137,8 @@ def main() -> None:
         for size in args.sizes:
             if cluster:
                 spark = build_spark(base, f"bench-ingest-{size}")
-            corpus = work / f"corpus-{size}"
-            manifest = synth.generate(corpus, images=size, downscale=args.downscale, seed=size)
+            corpus = (args.corpora or work) / f"corpus-{size}-downscale-{args.downscale:g}-seed-{size}"
+            manifest = ensure_corpus(corpus, size, False, args.downscale, size, 0, lambda _: None)
             roots = {n: str(corpus / e["root"]) for n, e in manifest.items() if isinstance(e, dict)}
             lake = base.lakehouse.model_copy(update={"root": str(work / f"lake-{size}")})
             run_settings = base.model_copy(update={"lakehouse": lake})
@@ -168,7 +174,8 @@ def main() -> None:
                 f"Python workers {f['peak_python_workers_mb']:.0f} MB",
                 flush=True,
             )
-            shutil.rmtree(corpus)
+            if args.corpora is None:
+                shutil.rmtree(corpus)
     finally:
         if spark is not None:
             spark.stop()

@@ -283,6 +283,17 @@ def by_layout(spark: SparkSession, files_per_group: int = 1) -> Callable[[DataFr
     return layout
 
 
+IMAGES_PER_FILE = 1000
+"""A run writes each (split, modality) group's new tiles in one file per this many images it cuts: the
+layout's sort holds one file's rows at a time, so an executor's memory does not grow with the size of a
+load (at 4,000 images one file per group held 1.5 GB of tile bytes in one sort)."""
+
+
+def files_per_group_for(images: int) -> int:
+    """The files per (split, modality) group of a run cutting ``images`` images (:data:`IMAGES_PER_FILE`)."""
+    return max(1, -(-images // IMAGES_PER_FILE))
+
+
 class NoImages(RuntimeError):
     """There is no images table to tile yet."""
 
@@ -295,7 +306,7 @@ def merge_new_tiles(
     options: TileOptions,
     metadata: Mapping[str, object],
     row_group_rows: int,
-    files_per_group: int = 1,
+    files_per_group: int | None = None,
 ) -> int:
     """Cut the images of ``images_path`` that have no tiles yet and append their tiles (new tile ids
     only) in the tiles layout (:func:`by_layout`, row groups of ``row_group_rows``).
@@ -304,7 +315,7 @@ def merge_new_tiles(
         annotations_path: the findings to label from (:func:`with_findings`); ``None`` for images that
             have none (the landing zone's, unlabelled).
         metadata: the commit's ``userMetadata``.
-        files_per_group: see :func:`by_layout`.
+        files_per_group: see :func:`by_layout`; ``None``: :func:`files_per_group_for` the images to cut.
 
     Returns:
         How many images were cut (0: nothing was written, no commit made).
@@ -324,13 +335,13 @@ def merge_new_tiles(
         tiles_path,
         ["tile_id"],
         metadata,
-        layout=by_layout(spark, files_per_group),
+        layout=by_layout(spark, files_per_group or files_per_group_for(count)),
         properties=row_group_properties(row_group_rows),
     )
     return count
 
 
-def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 1) -> TileSummary:
+def tile_images(spark: SparkSession, settings: Settings, files_per_group: int | None = None) -> TileSummary:
     """The tile job: tile every image of the lakehouse not yet tiled, check splits, count the tiles.
 
     With ``train.labels`` naming consensus collections, the images the newest expert consensus labelled
@@ -340,7 +351,7 @@ def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 
     Re-running adds nothing.
 
     Args:
-        files_per_group: see :func:`by_layout`.
+        files_per_group: see :func:`by_layout`; ``None``: one file per :data:`IMAGES_PER_FILE` images cut.
 
     Returns:
         The tiles table's counts per collection, split and label.
@@ -373,7 +384,7 @@ def tile_images(spark: SparkSession, settings: Settings, files_per_group: int = 
             tiles_path,
             ["tile_id"],
             {**metadata, "labels": "consensus"},
-            layout=by_layout(spark, files_per_group),
+            layout=by_layout(spark, files_per_group or 1),
             properties=row_group_properties(settings.tiles.row_group_rows),
         )
     # One pass over the table's label columns answers both the leak check and the counts.

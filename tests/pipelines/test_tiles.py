@@ -12,7 +12,14 @@ from pyspark.sql import functions as F
 from conf import Settings
 from pipelines.io import current_version, read_table
 from pipelines.sources.base import Geometry
-from pipelines.tiles import TileOptions, cut_tiles, tile_images, with_findings
+from pipelines.tiles import (
+    IMAGES_PER_FILE,
+    TileOptions,
+    cut_tiles,
+    files_per_group_for,
+    tile_images,
+    with_findings,
+)
 
 
 def test_tiles_are_labelled_from_findings_and_keep_the_image_split(
@@ -67,6 +74,12 @@ def test_each_file_holds_one_split_and_modality_in_row_groups_of_the_configured_
     properties = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0]["properties"]
     assert properties["delta.enableDeletionVectors"] == "false"
     assert properties["parquet.page.size.row.check.max"] == str(rows)
+
+
+def test_a_big_run_spreads_each_group_over_one_file_per_thousand_images() -> None:
+    """What one sort in an executor holds stays the tiles of about 1,000 images, however big the load."""
+    assert IMAGES_PER_FILE == 1000
+    assert [files_per_group_for(n) for n in (0, 1, 1000, 1001, 4000, 12000)] == [1, 1, 1, 2, 4, 12]
 
 
 def _labels(spark: SparkSession, settings: Settings, image_id: str, annotations) -> dict[str, str | None]:
