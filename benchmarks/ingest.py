@@ -138,7 +138,15 @@ def main() -> None:
             if cluster:
                 spark = build_spark(base, f"bench-ingest-{size}")
             corpus = (args.corpora or work) / f"corpus-{size}-downscale-{args.downscale:g}-seed-{size}"
-            manifest = ensure_corpus(corpus, size, False, args.downscale, size, 0, lambda _: None)
+            manifest = ensure_corpus(
+                corpus,
+                images=size,
+                full=False,
+                downscale=args.downscale,
+                seed=size,
+                landing=0,
+                progress=print,
+            )
             roots = {n: str(corpus / e["root"]) for n, e in manifest.items() if isinstance(e, dict)}
             lake = base.lakehouse.model_copy(update={"root": str(work / f"lake-{size}")})
             run_settings = base.model_copy(update={"lakehouse": lake})
