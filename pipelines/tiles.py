@@ -377,14 +377,15 @@ def tile_images(spark: SparkSession, settings: Settings, files_per_group: int | 
         files_per_group,
     )
     consensus = consensus_images(spark, settings, tiles_path)
-    if consensus is not None and consensus.limit(1).count():
+    to_cut = consensus.count() if consensus is not None else 0  # no pixel column is read to count
+    if consensus is not None and to_cut:
         append_new(
             spark,
             cut_tiles(consensus, options),
             tiles_path,
             ["tile_id"],
             {**metadata, "labels": "consensus"},
-            layout=by_layout(spark, files_per_group or 1),
+            layout=by_layout(spark, files_per_group or files_per_group_for(to_cut)),
             properties=row_group_properties(settings.tiles.row_group_rows),
         )
     # One pass over the table's label columns answers both the leak check and the counts.
