@@ -110,12 +110,14 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
         "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
         **_delta_conf(),
     }
+    conf.update(settings.spark.conf)
     log4j = CONF_DIR / "log4j2.properties"
     if log4j.is_file():  # not when the code runs from a --py-files zip: the cluster's logging applies
+        # Beside the JVM options the configuration gives (conf/full.yaml sizes the executors' young
+        # generation), not instead of them.
         option = f"-Dlog4j2.configurationFile=file:{log4j}"
-        conf["spark.driver.extraJavaOptions"] = option
-        conf["spark.executor.extraJavaOptions"] = option
-    conf.update(settings.spark.conf)
+        for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+            conf[key] = f"{option} {conf[key]}" if conf.get(key) else option
     return conf
 
 

@@ -67,3 +67,17 @@ def test_a_one_jvm_session_keeps_no_checkpoint_folder(tmp_path: Path) -> None:
     assert seen["total"] == sum(i * i for i in range(100))
     assert seen["folder"] is None
     assert not (lake / "_spark_checkpoints").exists()
+
+
+def test_the_configurations_jvm_options_keep_the_logging_option_beside_them() -> None:
+    """``spark.conf`` JVM options (conf/full.yaml caps the executors' young generation) are kept, and the
+    project's logging configuration is added to them rather than replaced by them."""
+    from conf import load_settings
+    from jobs.session import spark_conf
+
+    full = spark_conf(load_settings("full", []), "probe")
+    executor = full["spark.executor.extraJavaOptions"].split()
+    assert "-XX:MaxNewSize=768m" in executor
+    assert any(o.startswith("-Dlog4j2.configurationFile=") for o in executor)
+    driver = spark_conf(load_settings("local", []), "probe")["spark.driver.extraJavaOptions"]
+    assert driver.startswith("-Dlog4j2.configurationFile=") and "MaxNewSize" not in driver
