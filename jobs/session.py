@@ -113,8 +113,8 @@ def spark_conf(settings: Settings, app: str) -> dict[str, str]:
     conf.update(settings.spark.conf)
     log4j = CONF_DIR / "log4j2.properties"
     if log4j.is_file():  # not when the code runs from a --py-files zip: the cluster's logging applies
-        # Beside the JVM options the configuration gives (conf/full.yaml sizes the executors' young
-        # generation), not instead of them.
+        # Beside the JVM options the configuration gives (e.g. garbage-collector settings), not instead
+        # of them.
         option = f"-Dlog4j2.configurationFile=file:{log4j}"
         for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
             conf[key] = f"{option} {conf[key]}" if conf.get(key) else option

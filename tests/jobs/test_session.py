@@ -70,14 +70,17 @@ def test_a_one_jvm_session_keeps_no_checkpoint_folder(tmp_path: Path) -> None:
 
 
 def test_the_configurations_jvm_options_keep_the_logging_option_beside_them() -> None:
-    """``spark.conf`` JVM options (conf/full.yaml caps the executors' young generation) are kept, and the
-    project's logging configuration is added to them rather than replaced by them."""
+    """JVM options given in ``spark.conf`` are kept, and the project's logging configuration is added to
+    them rather than replaced by them."""
     from conf import load_settings
     from jobs.session import spark_conf
 
-    full = spark_conf(load_settings("full", []), "probe")
-    executor = full["spark.executor.extraJavaOptions"].split()
+    settings = load_settings("local", [])
+    extra = {"spark.executor.extraJavaOptions": "-XX:MaxNewSize=768m"}
+    spark = settings.spark.model_copy(update={"conf": {**settings.spark.conf, **extra}})
+    conf = spark_conf(settings.model_copy(update={"spark": spark}), "probe")
+    executor = conf["spark.executor.extraJavaOptions"].split()
     assert "-XX:MaxNewSize=768m" in executor
     assert any(o.startswith("-Dlog4j2.configurationFile=") for o in executor)
-    driver = spark_conf(load_settings("local", []), "probe")["spark.driver.extraJavaOptions"]
+    driver = conf["spark.driver.extraJavaOptions"]
     assert driver.startswith("-Dlog4j2.configurationFile=") and "MaxNewSize" not in driver
